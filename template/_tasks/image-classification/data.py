@@ -1,0 +1,195 @@
+"""Data for image classification: built-in shapes, or your folder of images per class.
+
+Your data: a folder with one sub-folder of images per class (ImageFolder's convention),
+
+    my-images/cat/001.jpg   my-images/dog/002.png   ...
+
+split at random into training and validation, or split already, as my-images/train/
+and my-images/val/ (each with the class sub-folders). Pillow reads the images as RGB,
+resized to image_size.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Subset, TensorDataset, random_split
+
+from .config import Config, UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SHAPES = ["disc", "frame", "horizontal-bar", "vertical-bar"]
+
+
+class DataError(UserError):
+    """Missing, empty or unreadable data; the message names the file and the fix."""
+
+
+def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Dataset, dict]:
+    """Training and validation sets, and the metadata the model needs (class names).
+
+    A checkpoint's `meta` is reused as is, so that a resumed run sees the same classes.
+    """
+    size, seed = cfg.data.image_size, cfg.train.seed
+    if cfg.data.path is None:
+        images, labels = make_shapes(1280, size, seed)
+        train, val = split(TensorDataset(images, labels), cfg.data.val_split, seed)
+        classes = SHAPES
+    else:
+        root = Path(cfg.data.path)
+        if (root / "train").is_dir():
+            if not (root / "val").is_dir():
+                raise DataError(f"{root} has train/ but no val/; add {root}/val/<class>/")
+            classes = class_names(root / "train")
+            train = ImageFolder(root / "train", classes, size)
+            val = ImageFolder(root / "val", classes, size)
+        else:
+            classes = class_names(root)
+            train, val = split(ImageFolder(root, classes, size), cfg.data.val_split, seed)
+    if meta is None:
+        meta = {"classes": classes, "image_size": size, **pixel_stats(train)}
+    elif meta["classes"] != classes:
+        raise DataError(
+            f"the data has classes {classes}, the checkpoint {meta['classes']}; "
+            "resume with data that has the same class folders"
+        )
+    return train, val, meta
+
+
+def load_dataset(path: str | Path, cfg: Config, meta: dict) -> Dataset:
+    """All the images of a folder of class sub-folders, for `evaluate --data`."""
+    root = Path(path)
+    found = class_names(root)
+    unknown = sorted(set(found) - set(meta["classes"]))
+    if unknown:
+        raise DataError(f"{root} has classes the model was not trained on: {unknown}")
+    return ImageFolder(root, meta["classes"], meta["image_size"], missing_ok=True)
+
+
+class ImageFolder(Dataset):
+    """(image, label) pairs from root/<class>/<image>, decoded when asked for."""
+
+    def __init__(self, root: Path, classes: list[str], size: int, missing_ok: bool = False):
+        self.size = size
+        self.samples = []
+        for label, name in enumerate(classes):
+            files = sorted(
+                path for path in (root / name).glob("*") if path.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not files and not missing_ok:
+                raise DataError(f"{root / name} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            self.samples += [(path, label) for path in files]
+        for path, _ in self.samples:
+            check_image(path)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return load_image(path, self.size), label
+
+
+def pixel_stats(dataset: Dataset, limit: int = 512) -> dict[str, list[float]]:
+    """Per-channel mean and std of the first training images, to normalise with."""
+    images = torch.stack([dataset[i][0] for i in range(min(len(dataset), limit))])
+    std = images.std(dim=(0, 2, 3)).clamp(min=1e-3)
+    return {"mean": images.mean(dim=(0, 2, 3)).tolist(), "std": std.tolist()}
+
+
+def class_names(root: Path) -> list[str]:
+    """The sub-folders of root, sorted: the class names."""
+    if not root.is_dir():
+        raise DataError(
+            f"{root} is not a folder; image-classification expects a folder with "
+            "one sub-folder of images per class"
+        )
+    classes = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and p.name not in ("train", "val")
+    )
+    if len(classes) < 2:
+        raise DataError(
+            f"{root} has {len(classes)} class sub-folders; expected at least two, "
+            f"like {root}/cat/*.jpg and {root}/dog/*.jpg"
+        )
+    return classes
+
+
+def check_image(path: Path) -> None:
+    """Open the header now, so that a corrupt file fails before training, not during."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise DataError(f"cannot read image {path} ({error}); remove or replace it") from None
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """An image file as a float tensor (3, size, size) with values in [0, 1]."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(f"cannot read image {path} ({error})") from None
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return pixels.view(size, size, 3).permute(2, 0, 1).float() / 255
+
+
+def split(dataset: Dataset, val_split: float, seed: int) -> tuple[Subset, Subset]:
+    """A random split, the same for a given seed."""
+    n_val = max(1, math.floor(len(dataset) * val_split))
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(random_split(dataset, [len(dataset) - n_val, n_val], generator))
+
+
+def make_shapes(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n noisy images of one of four shapes, in random places, sizes and colours."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(len(SHAPES), (n,), generator=g)
+    y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    y, x = y.float(), x.float()
+    center = size / 4 + torch.rand(n, 2, generator=g) * size / 2
+    radius = size / 8 + torch.rand(n, generator=g) * size / 8
+    dy = (y - center[:, 0, None, None]).abs()
+    dx = (x - center[:, 1, None, None]).abs()
+    r = radius[:, None, None]
+    thin = size / 16 + 0.5
+    masks = torch.stack(
+        [
+            dx**2 + dy**2 <= r**2,  # disc
+            (torch.maximum(dx, dy) <= r) & (torch.maximum(dx, dy) >= r - thin),  # frame
+            (dy <= thin) & (dx <= 1.5 * r),  # horizontal bar
+            (dx <= thin) & (dy <= 1.5 * r),  # vertical bar
+        ],
+        dim=1,
+    )
+    mask = masks[torch.arange(n), labels].float()
+    colour = 0.5 + 0.5 * torch.rand(n, 3, 1, 1, generator=g)
+    noise = 0.15 * torch.randn(n, 3, size, size, generator=g)
+    images = (0.2 + mask[:, None] * colour + noise).clamp(0, 1)
+    return images, labels
+
+
+# --- predict and export --------------------------------------------------------------
+
+
+def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[str]:
+    """The most likely class of each image file, with its probability."""
+    images = torch.stack([load_image(path, meta["image_size"]) for path in inputs])
+    with torch.no_grad():
+        probabilities = model(images).softmax(dim=-1)
+    top = probabilities.max(dim=-1)
+    return [
+        f"{path}: {meta['classes'][label]} ({p:.2f})"
+        for path, label, p in zip(inputs, top.indices.tolist(), top.values.tolist(), strict=True)
+    ]
+
+
+def example_inputs(meta: dict) -> tuple[tuple[torch.Tensor, ...], dict]:
+    """An input to trace for torch.export, and which of its dimensions may vary."""
+    size = meta["image_size"]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    return (torch.rand(2, 3, size, size),), {"images": {0: batch}}

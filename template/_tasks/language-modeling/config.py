@@ -1,0 +1,17 @@
+@dataclass
+class DataConfig:
+    """What to train on: the built-in text, or a UTF-8 text file, one character a token."""
+
+    path: str | None = None  # a UTF-8 text file; None: the built-in text
+    val_split: float = 0.1  # the end of the text held out for validation
+    block_size: int = 64  # characters of context the model sees
+
+
+@dataclass
+class ModelConfig:
+    """The small causal transformer of model.py."""
+
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    dropout: float = 0.0

@@ -1,0 +1,109 @@
+"""The model for language modelling: a small causal transformer (GPT), plain PyTorch.
+
+Besides the network, a task defines its loss, its validation metrics and the metric that
+decides the best checkpoint; both training engines use these.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.text import Perplexity
+
+from .config import Config, ConfigError
+
+MONITOR, MONITOR_MODE = "val/loss", "min"  # the best checkpoint has the lowest loss
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: causal self-attention, then an MLP."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float):
+        super().__init__()
+        self.n_head, self.dropout = n_head, dropout
+        self.ln1, self.ln2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.mlp = nn.Sequential(
+            nn.Linear(n_embd, 4 * n_embd),
+            nn.GELU(),
+            nn.Linear(4 * n_embd, n_embd),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, channels = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(channels, dim=2)
+        # (batch, heads, length, head size) for the fused attention kernel
+        q, k, v = (t.view(batch, length, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
+        attention = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        x = x + self.proj(attention.transpose(1, 2).reshape(batch, length, channels))
+        return x + self.mlp(self.ln2(x))
+
+
+class CharTransformer(nn.Module):
+    """Token and position embeddings, transformer blocks, and next-token logits."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int,
+        n_layer: int = 2,
+        n_head: int = 4,
+        n_embd: int = 64,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.block_size = block_size
+        self.token_embedding = nn.Embedding(vocab_size, n_embd)
+        self.position_embedding = nn.Embedding(block_size, n_embd)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.Sequential(*(Block(n_embd, n_head, dropout) for _ in range(n_layer)))
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.head = nn.Linear(n_embd, vocab_size, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.drop(self.token_embedding(tokens) + self.position_embedding(positions))
+        return self.head(self.ln_f(self.blocks(x)))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        tokens: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Append max_new_tokens sampled tokens to each row of `tokens` (batch, length)."""
+        for _ in range(max_new_tokens):
+            logits = self(tokens[:, -self.block_size :])[:, -1] / temperature
+            next_token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+            tokens = torch.cat([tokens, next_token], dim=1)
+        return tokens
+
+
+def build_model(cfg: Config, meta: dict) -> CharTransformer:
+    if cfg.model.n_embd % cfg.model.n_head:
+        raise ConfigError("model.n_embd must be a multiple of model.n_head")
+    return CharTransformer(
+        vocab_size=len(meta["chars"]),
+        block_size=meta["block_size"],
+        n_layer=cfg.model.n_layer,
+        n_head=cfg.model.n_head,
+        n_embd=cfg.model.n_embd,
+        dropout=cfg.model.dropout,
+    )
+
+
+def compute_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def build_metrics(meta: dict) -> MetricCollection:
+    """Validation metrics, updated with (model output, target) batches."""
+    return MetricCollection({"ppl": Perplexity()})

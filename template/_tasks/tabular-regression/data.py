@@ -1,0 +1,139 @@
+"""Data for tabular regression: a built-in table, or your CSV file of numeric columns.
+
+Your data: a CSV file with a header, numeric columns only; the column named `target` (or
+--target NAME) is predicted from all the others. The inputs' and target's means and
+standard deviations come from the training split and are saved with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from .config import Config, UserError
+
+
+class DataError(UserError):
+    """Missing, empty or malformed data; the message names the file and the fix."""
+
+
+def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Dataset, dict]:
+    """Training and validation sets, and the metadata the model needs (columns, scaling).
+
+    The scaling statistics come from the training split alone; a checkpoint's `meta` is
+    reused.
+    """
+    if cfg.data.path is None:
+        columns, x, y = make_table(2000, cfg.train.seed)
+    else:
+        columns, x, y = read_csv(Path(cfg.data.path), cfg.data.target)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.train.seed))
+    n_val = max(1, math.floor(len(y) * cfg.data.val_split))
+    val_rows, train_rows = order[:n_val], order[n_val:]
+    if meta is None:
+        x_train, y_train = x[train_rows], y[train_rows]
+        meta = {
+            "columns": columns,
+            "target": cfg.data.target,
+            "x_mean": x_train.mean(dim=0).tolist(),
+            "x_std": x_train.std(dim=0).clamp(min=1e-6).tolist(),
+            "y_mean": y_train.mean().item(),
+            "y_std": y_train.std().clamp(min=1e-6).item(),
+        }
+    elif meta["columns"] != columns:
+        raise DataError(
+            f"the data has input columns {columns}, the checkpoint {meta['columns']}; "
+            "use data with the same columns"
+        )
+    return (
+        TensorDataset(x[train_rows], y[train_rows]),
+        TensorDataset(x[val_rows], y[val_rows]),
+        meta,
+    )
+
+
+def load_dataset(path: str | Path, cfg: Config, meta: dict) -> Dataset:
+    """Every row of a CSV file, for `evaluate --data`."""
+    columns, x, y = read_csv(Path(path), meta["target"], meta["columns"])
+    return TensorDataset(x, y)
+
+
+def read_csv(
+    path: Path, target: str, columns: list[str] | None = None, need_target: bool = True
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Input columns, inputs (n, d) and targets (n,) of a CSV file of numbers.
+
+    `columns` picks and orders the inputs (those the model was trained on); by default
+    every column but the target is one.
+    """
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; tabular-regression expects a CSV file")
+    try:
+        with path.open(newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file)
+            header = reader.fieldnames or []
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path} is not a readable UTF-8 CSV file ({error})") from None
+    if need_target and target not in header:
+        raise DataError(
+            f"{path}: expected a CSV with a '{target}' column to predict (or pass --target NAME); "
+            f"got columns {','.join(header) or '(none)'}"
+        )
+    if columns is None:
+        columns = [name for name in header if name != target]
+    missing = [name for name in columns if name not in header]
+    if missing or not columns:
+        raise DataError(f"{path}: missing input columns {missing or '(none at all)'}")
+    if not rows:
+        raise DataError(f"{path} has a header but no rows")
+    wanted = columns + ([target] if need_target else [])
+    values = torch.empty(len(rows), len(wanted))
+    for i, row in enumerate(rows):
+        for j, name in enumerate(wanted):
+            try:
+                values[i, j] = float(row[name])
+            except (TypeError, ValueError):
+                raise DataError(
+                    f"{path}: line {i + 2}, column '{name}': {row[name]!r} is not a number; "
+                    "tabular-regression expects numeric columns"
+                ) from None
+    if need_target:
+        return columns, values[:, :-1], values[:, -1]
+    return columns, values, torch.full((len(rows),), math.nan)
+
+
+def make_table(n: int, seed: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """n rows of 8 random inputs and a smooth, partly non-linear target with some noise."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    y = 2 * x[:, 0] + torch.sin(2 * x[:, 1]) + x[:, 2] * x[:, 3] - 0.5 * x[:, 4].abs()
+    y = y + 0.1 * torch.randn(n, generator=g)
+    return [f"x{i}" for i in range(8)], x, y
+
+
+# --- predict and export --------------------------------------------------------------
+
+
+def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[str]:
+    """A prediction for each row of each CSV file (the target column may be absent)."""
+    lines = []
+    for path in inputs:
+        _, x, _ = read_csv(Path(path), meta["target"], meta["columns"], need_target=False)
+        with torch.no_grad():
+            predictions = model(x)
+        lines += [
+            f"{path}:{i + 2}: {meta['target']} = {value:.4g}"
+            for i, value in enumerate(predictions.tolist())
+        ]
+    return lines
+
+
+def example_inputs(meta: dict) -> tuple[tuple[torch.Tensor, ...], dict]:
+    """An input to trace for torch.export, and which of its dimensions may vary."""
+    batch = torch.export.Dim("batch", min=1, max=1_000_000)
+    return (torch.randn(2, len(meta["columns"])),), {"features": {0: batch}}

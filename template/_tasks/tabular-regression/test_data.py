@@ -1,0 +1,44 @@
+"""Tabular regression's data: your CSV of numbers with a target column, and clear errors."""
+
+import pytest
+
+from {{ package_name }}.config import load_config
+from {{ package_name }}.data import DataError, build_datasets, predict
+from {{ package_name }}.model import build_model
+
+
+def write_csv(path, header, rows):
+    path.write_text(",".join(header) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+def test_a_csv_of_numbers_loads_with_any_target_name(tmp_path):
+    rows = [(i, 2 * i, 3 * i + 1) for i in range(10)]
+    path = write_csv(tmp_path / "table.csv", ["a", "b", "price"], rows)
+    cfg = load_config(overrides={"data.path": str(path), "data.target": "price"})
+    train, val, meta = build_datasets(cfg)
+    assert meta["columns"] == ["a", "b"]
+    assert (len(train), len(val)) == (8, 2)
+    features, target = train[0]
+    assert features.shape == (2,)
+
+
+def test_predict_reads_rows_without_the_target(tmp_path):
+    cfg = load_config()
+    _, _, meta = build_datasets(cfg)
+    model = build_model(cfg, meta).eval()
+    rows = write_csv(tmp_path / "rows.csv", meta["columns"], [[0.5] * len(meta["columns"])] * 2)
+    lines = predict(model, [str(rows)], meta)
+    assert len(lines) == 2
+    float(lines[0].rsplit("= ", 1)[1])
+
+
+def test_bad_data_is_a_clear_error(tmp_path):
+    no_target = write_csv(tmp_path / "no_target.csv", ["a", "b"], [(1, 2), (3, 4)])
+    with pytest.raises(DataError, match="expected a CSV with a 'target' column"):
+        build_datasets(load_config(overrides={"data.path": str(no_target)}))
+    text = write_csv(tmp_path / "text.csv", ["a", "target"], [(1, 2), ("red", 4)])
+    with pytest.raises(DataError, match="line 3, column 'a': 'red' is not a number"):
+        build_datasets(load_config(overrides={"data.path": str(text)}))
+    with pytest.raises(DataError, match="does not exist"):
+        build_datasets(load_config(overrides={"data.path": str(tmp_path / "missing.csv")}))

@@ -1,0 +1,17 @@
+@dataclass
+class DataConfig:
+    """What to train on: the built-in sentences, or a CSV file with columns text,label."""
+
+    path: str | None = None  # CSV with columns text,label; None: built-in sentences
+    val_split: float = 0.2  # share of the rows held out for validation
+    max_length: int = 64  # tokens kept per text
+    max_vocab: int = 20000  # the most frequent words; the others become <unk>
+
+
+@dataclass
+class ModelConfig:
+    """The bag-of-embeddings classifier of model.py."""
+
+    embed_dim: int = 64
+    hidden: int = 64
+    dropout: float = 0.1

@@ -1,0 +1,153 @@
+"""Data for text classification: built-in sentences, or your CSV file with columns text,label.
+
+Your data: a CSV file with a header and (at least) the columns `text` and `label`; labels
+may be any strings. Texts are lower-cased and split into words; the vocabulary is the most
+frequent words of the training split, saved with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from .config import Config, UserError
+
+PAD, UNK = "<pad>", "<unk>"
+TOPICS = {
+    "sports": "match team goal coach player season league score win stadium",
+    "food": "recipe dinner bread cheese soup spicy bake lunch kitchen sauce",
+    "tech": "software laptop chip code phone robot network app battery cloud",
+    "weather": "rain storm sunny wind forecast snow cloudy cold humid thunder",
+}
+FILLER = "the a of and to in is it that was for on with as this at by from today really very"
+
+
+class DataError(UserError):
+    """Missing, empty or malformed data; the message names the file and the fix."""
+
+
+def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Dataset, dict]:
+    """Training and validation sets, and the metadata the model needs (vocabulary, labels).
+
+    The vocabulary comes from the training split alone; a checkpoint's `meta` is reused.
+    """
+    if cfg.data.path is None:
+        texts, labels = make_sentences(2000, cfg.train.seed)
+    else:
+        texts, labels = read_csv(Path(cfg.data.path))
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(cfg.train.seed))
+    n_val = max(1, math.floor(len(texts) * cfg.data.val_split))
+    val_rows, train_rows = order[:n_val].tolist(), order[n_val:].tolist()
+    if meta is None:
+        meta = {
+            "vocab": build_vocab([texts[i] for i in train_rows], cfg.data.max_vocab),
+            "labels": sorted(set(labels)),
+            "max_length": cfg.data.max_length,
+        }
+    train = encode_rows([texts[i] for i in train_rows], [labels[i] for i in train_rows], meta)
+    val = encode_rows([texts[i] for i in val_rows], [labels[i] for i in val_rows], meta)
+    return train, val, meta
+
+
+def load_dataset(path: str | Path, cfg: Config, meta: dict) -> Dataset:
+    """Every row of a CSV file, for `evaluate --data`."""
+    return encode_rows(*read_csv(Path(path)), meta)
+
+
+def read_csv(path: Path) -> tuple[list[str], list[str]]:
+    """The text and label columns of a CSV file, with a clear error for anything else."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; text-classification expects a CSV file")
+    try:
+        with path.open(newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file)
+            columns = reader.fieldnames or []
+            if "text" not in columns or "label" not in columns:
+                raise DataError(
+                    f"{path}: expected a CSV with columns text,label; "
+                    f"got columns {','.join(columns) or '(none)'}"
+                )
+            rows = [(row["text"] or "", row["label"]) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path} is not a readable UTF-8 CSV file ({error})") from None
+    if len(rows) < 2:
+        raise DataError(f"{path} has {len(rows)} rows; at least two are needed")
+    missing = [i + 2 for i, (_, label) in enumerate(rows) if not label]
+    if missing:
+        raise DataError(f"{path}: line {missing[0]} has no label; every row needs one")
+    return [text for text, _ in rows], [label for _, label in rows]
+
+
+def tokenize(text: str) -> list[str]:
+    return re.findall(r"[\w']+", text.lower())
+
+
+def build_vocab(texts: list[str], max_vocab: int) -> list[str]:
+    """The most frequent words, after the padding and unknown-word tokens."""
+    counts = Counter(word for text in texts for word in tokenize(text))
+    return [PAD, UNK] + [word for word, _ in counts.most_common(max_vocab - 2)]
+
+
+def encode(texts: list[str], meta: dict) -> torch.Tensor:
+    """Token ids, (len(texts), max_length), padded with 0."""
+    index = {word: i for i, word in enumerate(meta["vocab"])}
+    length = meta["max_length"]
+    ids = torch.zeros(len(texts), length, dtype=torch.long)
+    for row, text in enumerate(texts):
+        tokens = [index.get(word, 1) for word in tokenize(text)[:length]]
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    return ids
+
+
+def encode_rows(texts: list[str], labels: list[str], meta: dict) -> TensorDataset:
+    label_index = {label: i for i, label in enumerate(meta["labels"])}
+    unknown = sorted(set(labels) - set(label_index))
+    if unknown:
+        raise DataError(f"labels {unknown} are not among the trained ones {meta['labels']}")
+    targets = torch.tensor([label_index[label] for label in labels], dtype=torch.long)
+    return TensorDataset(encode(texts, meta), targets)
+
+
+def make_sentences(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """n short sentences: filler, two words of a topic (the label) and one of another."""
+    g = torch.Generator().manual_seed(seed)
+    topics = list(TOPICS)
+    filler = FILLER.split()
+    texts, labels = [], []
+    for _ in range(n):
+        topic, other = (topics[i] for i in torch.randperm(len(topics), generator=g)[:2])
+        words, distractors = TOPICS[topic].split(), TOPICS[other].split()
+        picked = [words[i] for i in torch.randint(len(words), (2,), generator=g)]
+        picked.append(distractors[torch.randint(len(distractors), (1,), generator=g).item()])
+        picked += [filler[i] for i in torch.randint(len(filler), (6,), generator=g)]
+        order = torch.randperm(len(picked), generator=g)
+        texts.append(" ".join(picked[i] for i in order))
+        labels.append(topic)
+    return texts, labels
+
+
+# --- predict and export --------------------------------------------------------------
+
+
+def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[str]:
+    """The most likely label of each text, with its probability."""
+    with torch.no_grad():
+        probabilities = model(encode(inputs, meta)).softmax(dim=-1)
+    top = probabilities.max(dim=-1)
+    return [
+        f"{text!r}: {meta['labels'][label]} ({p:.2f})"
+        for text, label, p in zip(inputs, top.indices.tolist(), top.values.tolist(), strict=True)
+    ]
+
+
+def example_inputs(meta: dict) -> tuple[tuple[torch.Tensor, ...], dict]:
+    """An input to trace for torch.export, and which of its dimensions may vary."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    tokens = torch.randint(len(meta["vocab"]), (2, meta["max_length"]))
+    return (tokens,), {"tokens": {0: batch}}

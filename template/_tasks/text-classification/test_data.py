@@ -1,0 +1,44 @@
+"""Text classification's data: your CSV of text,label, and clear errors."""
+
+import pytest
+
+from {{ package_name }}.config import load_config
+from {{ package_name }}.data import DataError, build_datasets, predict
+from {{ package_name }}.model import build_model
+
+
+def write_csv(path, rows):
+    path.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
+    return path
+
+
+def test_a_csv_of_text_and_label_loads(tmp_path):
+    rows = [("what a great film", "pos"), ("dull and slow", "neg")] * 5
+    cfg = load_config(overrides={"data.path": str(write_csv(tmp_path / "reviews.csv", rows))})
+    train, val, meta = build_datasets(cfg)
+    assert meta["labels"] == ["neg", "pos"]
+    assert "great" in meta["vocab"]
+    assert (len(train), len(val)) == (8, 2)
+    tokens, label = train[0]
+    assert tokens.shape == (cfg.data.max_length,)
+
+
+def test_predict_names_a_label(tmp_path):
+    cfg = load_config()
+    _, _, meta = build_datasets(cfg)
+    model = build_model(cfg, meta).eval()
+    (line,) = predict(model, ["the coach saw a goal"], meta)
+    assert line.rsplit(": ", 1)[1].split(" ")[0] in meta["labels"]
+
+
+def test_bad_data_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        build_datasets(load_config(overrides={"data.path": str(tmp_path / "missing.csv")}))
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("sentence,category\nhello,a\nbye,b\n")
+    with pytest.raises(DataError, match="expected a CSV with columns text,label; got columns"):
+        build_datasets(load_config(overrides={"data.path": str(wrong)}))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DataError, match="got columns"):
+        build_datasets(load_config(overrides={"data.path": str(empty)}))

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -61,20 +63,37 @@ def new(dest: Path, defaults: bool, force: bool, **answers: str | None) -> None:
     interactive = not defaults and sys.stdin.isatty() and sys.stdout.isatty()
 
     from copier import run_copy
+    from copier.errors import DirtyLocalWarning
 
-    try:
-        run_copy(
-            str(template_root()),
-            dest,
-            data=data,
-            defaults=not interactive,
-            overwrite=force,
-            quiet=not interactive,
-        )
-    except ValueError as error:  # an answer that a copier.yml validator refused
-        raise typer.BadParameter(str(error).strip().splitlines()[-1]) from None
+    root = template_root()
+    with warnings.catch_warnings():
+        # From a git checkout, Copier renders HEAD plus uncommitted changes: expected here.
+        warnings.simplefilter("ignore", DirtyLocalWarning)
+        try:
+            run_copy(
+                str(root),
+                dest,
+                data=data,
+                # A checkout's HEAD, not its latest tag; a wheel's copy has no git at all.
+                vcs_ref="HEAD" if (root / ".git").exists() else None,
+                defaults=not interactive,
+                overwrite=force,
+                quiet=not interactive,
+            )
+        except ValueError as error:  # an answer that a copier.yml validator refused
+            raise _refused_answer(str(error)) from None
     if not interactive:
         typer.echo(f"Generated {dest}. Next: cd {dest} && pip install -e '.[dev]' && see README.md")
+
+
+def _refused_answer(message: str) -> typer.BadParameter:
+    """Copier's "Validation error for question 'x': why" as a usage error on --x."""
+    message = message.strip().splitlines()[-1]
+    match = re.match(r"Validation error for question '(\w+)': (.*)", message)
+    if not match:
+        return typer.BadParameter(message)
+    flag = next((q.flag for q in load_questions() if q.name == match[1]), match[1])
+    return typer.BadParameter(match[2], param_hint=flag)
 
 
 def _new_signature() -> inspect.Signature:
@@ -83,7 +102,9 @@ def _new_signature() -> inspect.Signature:
         inspect.Parameter(
             "dest",
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            annotation=Annotated[Path, typer.Argument(metavar="DEST", help="Folder to create the project in.")],
+            annotation=Annotated[
+                Path, typer.Argument(metavar="DEST", help="Folder to create the project in.")
+            ],
         ),
         inspect.Parameter(
             "defaults",

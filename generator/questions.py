@@ -77,4 +77,4 @@ def question(name: str) -> Question:
 def matrix() -> list[dict[str, str]]:
     """Every valid combination of the matrix axes, in copier.yml's order."""
     axes = [question(axis).choices for axis in MATRIX_AXES]
-    return [dict(zip(MATRIX_AXES, values)) for values in itertools.product(*axes)]
+    return [dict(zip(MATRIX_AXES, values, strict=True)) for values in itertools.product(*axes)]

@@ -1,0 +1,127 @@
+"""Shared helpers: render the template, install a generated project, run its commands."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from generator.questions import MATRIX_AXES, matrix, template_root
+
+REPO = Path(__file__).resolve().parent.parent
+COMBINATIONS = matrix()
+
+
+def combination_id(combination: dict[str, str]) -> str:
+    return "-".join(combination[axis] for axis in MATRIX_AXES)
+
+
+def package_of(combination: dict[str, str]) -> str:
+    """A short, distinct package name per combination: img_raw_multi_gpu, ..."""
+    task = {"image": "img", "text": "txt", "tabular": "tab", "language": "lm"}
+    short = task[combination["task"].split("-")[0]]
+    return f"{short}_{combination['framework']}_{combination['hardware']}".replace("-", "_")
+
+
+@pytest.fixture(scope="session")
+def template_copy(tmp_path_factory) -> Path:
+    """The template outside git: Copier renders the working tree as it is, without cloning."""
+    root = tmp_path_factory.mktemp("template")
+    shutil.copy(template_root() / "copier.yml", root)
+    shutil.copytree(template_root() / "template", root / "template")
+    return root
+
+
+def render(source: Path, dest: Path, **answers: str) -> Path:
+    """Render the template into dest with these answers (defaults for the rest)."""
+    from copier import run_copy
+
+    run_copy(str(source), dest, data=answers, defaults=True, quiet=True, unsafe=False)
+    return dest
+
+
+def render_combination(source: Path, dest: Path, combination: dict[str, str]) -> Path:
+    name = package_of(combination).replace("_", "-")
+    return render(source, dest, project_name=name, **combination)
+
+
+@dataclass
+class Installed:
+    """A generated project installed in its own light venv."""
+
+    project: Path
+    python: Path
+    script: Path
+
+    def run(self, *args: str, timeout: float = 600, check: bool = True, **kwargs):
+        return run(
+            [str(self.script), *args], cwd=self.project, timeout=timeout, check=check, **kwargs
+        )
+
+
+def make_venv(path: Path) -> Path:
+    """A venv without pip that sees this environment's packages (torch, lightning...).
+
+    --system-site-packages alone would reach only the base interpreter's packages when the
+    tests themselves run in a venv, so a .pth file adds this environment's site-packages.
+    """
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(path)
+    python = path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    site = subprocess.check_output(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        text=True,
+    ).strip()
+    Path(site, "_outer_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+def install(project: Path, venv_dir: Path) -> Installed:
+    """`pip install -e project` into a fresh venv: a real install, without downloads."""
+    python = make_venv(venv_dir)
+    run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet"]
+        + ["--no-build-isolation", "--no-index", "-e", str(project)],
+        timeout=300,
+    )
+    slug = project_slug(project)
+    return Installed(project, python, python.parent / slug)
+
+
+def project_slug(project: Path) -> str:
+    import tomllib
+
+    return tomllib.loads((project / "pyproject.toml").read_text())["project"]["name"]
+
+
+def run(cmd: list[str], *, check: bool = True, timeout: float = 600, **kwargs):
+    """subprocess.run that shows the output of a failed command in the test report."""
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
+    result = subprocess.run(cmd, timeout=timeout, env=env, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """metrics.csv, one dict per epoch (Lightning spreads an epoch over several rows)."""
+    epochs: dict[int, dict[str, float]] = {}
+    with (run_dir / "metrics.csv").open(newline="") as file:
+        for row in csv.DictReader(file):
+            if row.get("epoch") in ("", None):
+                continue
+            values = {k: float(v) for k, v in row.items() if v not in ("", None)}
+            epochs.setdefault(int(float(row["epoch"])), {}).update(values)
+    return [epochs[e] for e in sorted(epochs)]

@@ -1,0 +1,134 @@
+"""Every task x framework x hardware combination renders into clean, formatted, valid code."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import subprocess
+import sys
+import tomllib
+
+import pytest
+import yaml
+from conftest import COMBINATIONS, combination_id, package_of, render_combination, run
+
+from generator.questions import template_root
+
+TEMPLATE = template_root() / "template"
+
+
+def expected_files(combination: dict[str, str]) -> set[str]:
+    """The exact file set of a generated project (license MIT, the default)."""
+    package = f"src/{package_of(combination)}"
+    files = {
+        ".copier-answers.yml",
+        ".github/workflows/ci.yml",
+        ".gitignore",
+        ".pre-commit-config.yaml",
+        "LICENSE",
+        "README.md",
+        "configs/default.yaml",
+        "pyproject.toml",
+        "tests/test_data.py",
+        "tests/test_project.py",
+    }
+    files |= {
+        f"{package}/{name}.py"
+        for name in ("__init__", "__main__", "cli", "config", "data", "engine", "model")
+    }
+    if combination["hardware"] == "multi-gpu":
+        files.add("scripts/slurm.sbatch")
+    return files
+
+
+@pytest.fixture(scope="module")
+def projects(template_copy, tmp_path_factory):
+    """Every combination, rendered once for this module."""
+    root = tmp_path_factory.mktemp("rendered")
+    return {
+        combination_id(c): render_combination(template_copy, root / combination_id(c), c)
+        for c in COMBINATIONS
+    }
+
+
+def test_the_matrix_is_every_combination_of_copier_yml():
+    spec = yaml.safe_load((template_root() / "copier.yml").read_text())
+    sizes = [len(spec[axis]["choices"]) for axis in ("task", "framework", "hardware")]
+    assert len(COMBINATIONS) == sizes[0] * sizes[1] * sizes[2] == 32
+    assert len({combination_id(c) for c in COMBINATIONS}) == 32
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=combination_id)
+def test_renders_exactly_its_own_files(combination, projects):
+    project = projects[combination_id(combination)]
+    files = {str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()}
+    assert files == expected_files(combination)
+
+    package = project / "src" / package_of(combination)
+    # The task's and the engine's partials, and no other, went in verbatim.
+    task, engine = TEMPLATE / "_tasks" / combination["task"], TEMPLATE / "_engines"
+    assert (package / "data.py").read_text() == (task / "data.py").read_text()
+    assert (package / "model.py").read_text() == (task / "model.py").read_text()
+    framework = combination["framework"]
+    assert (package / "engine.py").read_text() == (engine / framework / "engine.py").read_text()
+    dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    assert any(d.startswith("lightning") for d in dependencies) == (framework == "lightning")
+    assert any(d.startswith("pillow") for d in dependencies) == (
+        combination["task"] == "image-classification"
+    )
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=combination_id)
+def test_output_is_valid_and_clean(combination, projects):
+    project = projects[combination_id(combination)]
+    for path in project.rglob("*"):
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            assert "{{" not in text and "{%" not in text, f"Jinja left in {path}"
+            if path.suffix == ".py":
+                compile(text, str(path), "exec")
+            if path.suffix in (".yml", ".yaml"):
+                yaml.safe_load(text)
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"] == {
+        package_of(combination).replace("_", "-"): f"{package_of(combination)}.cli:main"
+    }
+    run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=project)
+    run([sys.executable, "-m", "black", "--check", "--quiet", "."], cwd=project)
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=combination_id)
+def test_default_yaml_lists_every_setting_with_the_code_defaults(combination, projects):
+    project = projects[combination_id(combination)]
+    package = package_of(combination)
+    path = project / "src" / package / "config.py"
+    spec = importlib.util.spec_from_file_location(f"{package}_config", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    defaults = dataclasses.asdict(module.Config())
+    assert yaml.safe_load((project / "configs" / "default.yaml").read_text()) == defaults
+    hardware = combination["hardware"]
+    assert defaults["train"]["accelerator"] == {"multi-gpu": "gpu"}.get(hardware, hardware)
+    assert defaults["train"]["devices"] == (-1 if hardware == "multi-gpu" else 1)
+
+
+def test_generated_help_does_not_import_torch(projects):
+    project = projects[combination_id(COMBINATIONS[0])]
+    code = (
+        "import sys; sys.argv = ['x', '--help']\n"
+        f"from {package_of(COMBINATIONS[0])}.cli import app\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported by --help'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=project,
+        env={"PYTHONPATH": str(project / "src")},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout and "predict" in result.stdout

@@ -101,12 +101,20 @@ def project_slug(project: Path) -> str:
     return tomllib.loads((project / "pyproject.toml").read_text())["project"]["name"]
 
 
+def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the commands the tests run."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        # Test workers already use every core: one thread each avoids oversubscription.
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
 def run(cmd: list[str], *, check: bool = True, timeout: float = 600, **kwargs):
     """subprocess.run that shows the output of a failed command in the test report."""
     kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
-    result = subprocess.run(cmd, timeout=timeout, env=env, **kwargs)
+    result = subprocess.run(cmd, timeout=timeout, env=command_env(kwargs.pop("env", {})), **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(map(str, cmd))} exited {result.returncode}\n"

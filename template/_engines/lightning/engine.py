@@ -168,7 +168,8 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict[str, float] | N
 
     datamodule = DataModule(cfg, checkpoint["meta"] if checkpoint else None)
     module = TaskModule(cfg, datamodule.meta)
-    loggers = [CSVLogger(t.output_dir, name=t.name, version="")]
+    # Written at every log call (once or twice an epoch), so that a crash loses no rows.
+    loggers = [CSVLogger(t.output_dir, name=t.name, version="", flush_logs_every_n_steps=1)]
     if t.logger == "tensorboard":
         loggers.append(TensorBoardLogger(t.output_dir, name=t.name, version="tensorboard"))
     callbacks = [
@@ -273,7 +274,7 @@ def prepare_run_dir(cfg: Config, csv_logger: CSVLogger, checkpoint: dict | None)
         )
     if checkpoint is not None and metrics_file.is_file():
         with metrics_file.open(newline="") as file:
-            rows = [r for r in csv.DictReader(file) if int(r["step"]) <= checkpoint["global_step"]]
+            rows = [r for r in csv.DictReader(file) if int(r["step"]) < checkpoint["global_step"]]
     with warnings.catch_warnings():
         # CSVLogger starts metrics.csv afresh on resume; the rows so far are logged again below.
         warnings.simplefilter("ignore")
@@ -310,6 +311,9 @@ def make_loader(dataset: Dataset, cfg: Config, trainer: L.Trainer, train: bool) 
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=trainer.strategy.root_device.type == "cuda",
+        # Its own generator: starting an epoch then draws nothing from the global one,
+        # whose state the checkpoint carries, so a resumed run draws what the original did.
+        generator=torch.Generator().manual_seed(cfg.train.seed),
     )
 
 

@@ -172,6 +172,8 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict[str, float] | N
             else:
                 state["bad_epochs"] += 1
             if master:
+                # The metrics first: a row past the checkpoint is dropped on resume.
+                log.write(row, t.epochs)
                 checkpoint = {
                     "task": TASK,
                     "engine": ENGINE,
@@ -187,7 +189,6 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict[str, float] | N
                 save_checkpoint(checkpoint, run_dir / "checkpoints" / "last.ckpt")
                 if improved:
                     save_checkpoint(checkpoint, run_dir / "checkpoints" / "best.ckpt")
-                log.write(row, t.epochs)
             if t.patience and state["bad_epochs"] >= t.patience:
                 if master:
                     print(f"early stopping: {MONITOR} has not improved for {t.patience} epochs")
@@ -283,6 +284,9 @@ def make_loader(
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",  # page-locked memory for non-blocking copies
+        # Its own generator: starting an epoch then draws nothing from the global one,
+        # whose state the checkpoint carries, so a resumed run draws what the original did.
+        generator=torch.Generator().manual_seed(cfg.train.seed),
     )
 
 

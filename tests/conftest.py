@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import shutil
 import subprocess
@@ -18,6 +19,13 @@ from generator.questions import MATRIX_AXES, matrix, template_root
 
 REPO = Path(__file__).resolve().parent.parent
 COMBINATIONS = matrix()
+RUN_FILES = {
+    "config.yaml",
+    "metrics.csv",
+    "curves.png",
+    "checkpoints/best.ckpt",
+    "checkpoints/last.ckpt",
+}
 
 
 def combination_id(combination: dict[str, str]) -> str:
@@ -133,3 +141,21 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
             values = {k: float(v) for k, v in row.items() if v not in ("", None)}
             epochs.setdefault(int(float(row["epoch"])), {}).update(values)
     return [epochs[e] for e in sorted(epochs)]
+
+
+def assert_learned(task: str, metrics: dict[str, float], meta: dict) -> None:
+    """Clearly better than a trivial baseline, for each task."""
+    if task in ("image-classification", "text-classification"):
+        chance = 1 / len(meta.get("classes") or meta["labels"])
+        # Most of the way from chance to perfect: 0.8 for two classes, 0.7 for four.
+        assert metrics["val/acc"] >= chance + 0.6 * (1 - chance), metrics
+    elif task == "tabular-regression":
+        # R2 = 1 - MSE / Var(target): the MSE is under a fifth of the target's variance.
+        assert metrics["val/r2"] >= 0.8, metrics
+    else:
+        # A model that knows nothing scores log(vocabulary size).
+        assert metrics["val/loss"] < 0.5 * math.log(len(meta["chars"])), metrics
+
+
+def run_files(run_dir: Path) -> set[str]:
+    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}

@@ -4,7 +4,7 @@
 
 Each command goes through the project's Typer app exactly as its console script would, so
 torch (and lightning) is imported once instead of once per command. The last line printed
-is {"command": "what it printed", ..., "pytest": exit code} as JSON.
+is {"outputs": [what each command printed], "pytest": exit code} as JSON.
 """
 
 import contextlib
@@ -17,11 +17,11 @@ import pytest
 
 package, commands = sys.argv[1], json.loads(sys.argv[2])
 app = import_module(f"{package}.cli").app
-outputs = {}
+outputs = []
 for command in commands:
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
         app(command, standalone_mode=False)
-    outputs[command[0]] = captured.getvalue()
-outputs["pytest"] = int(pytest.main(["-q", "-p", "no:cacheprovider", "tests"]))
-print("\n" + json.dumps(outputs))
+    outputs.append(captured.getvalue())
+status = int(pytest.main(["-q", "-p", "no:cacheprovider", "tests"]))
+print("\n" + json.dumps({"outputs": outputs, "pytest": status}))

@@ -19,6 +19,8 @@ import pytest
 from conftest import (
     COMBINATIONS,
     REPO,
+    RUN_FILES,
+    assert_learned,
     combination_id,
     command_env,
     install,
@@ -27,19 +29,13 @@ from conftest import (
     render,
     render_combination,
     run,
+    run_files,
 )
 from userdata import write_user_data
 
 pytestmark = pytest.mark.slow
 
 TASKS = sorted({c["task"] for c in COMBINATIONS})
-RUN_FILES = {
-    "config.yaml",
-    "metrics.csv",
-    "curves.png",
-    "checkpoints/best.ckpt",
-    "checkpoints/last.ckpt",
-}
 # The metric each task is judged on, and how close raw and Lightning must come on it.
 PARITY = {
     "image-classification": ("val/acc", 0.1),
@@ -48,24 +44,6 @@ PARITY = {
     "language-modeling": ("val/loss", 0.25),  # relative
 }
 CPU = ["--accelerator", "cpu", "--devices", "1"]
-
-
-def assert_learned(task: str, metrics: dict[str, float], meta: dict) -> None:
-    """Clearly better than a trivial baseline, for each task."""
-    if task in ("image-classification", "text-classification"):
-        chance = 1 / len(meta.get("classes") or meta["labels"])
-        # Most of the way from chance to perfect: 0.8 for two classes, 0.7 for four.
-        assert metrics["val/acc"] >= chance + 0.6 * (1 - chance), metrics
-    elif task == "tabular-regression":
-        # R2 = 1 - MSE / Var(target): the MSE is under a fifth of the target's variance.
-        assert metrics["val/r2"] >= 0.8, metrics
-    else:
-        # A model that knows nothing scores log(vocabulary size).
-        assert metrics["val/loss"] < 0.5 * math.log(len(meta["chars"])), metrics
-
-
-def run_files(run_dir: Path) -> set[str]:
-    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
 
 
 def predict_inputs(task: str, folder: Path) -> list[str]:
@@ -98,6 +76,11 @@ def check_predictions(task: str, output: str, meta: dict) -> None:
         assert output.startswith("the cat ") and len(output) > 100, output
 
 
+def parse_metrics(printed: str) -> dict[str, float]:
+    """`evaluate`'s output, lines of "val/acc: 0.9312", as a dict."""
+    return {key: float(value) for key, value in (line.split(": ") for line in printed.splitlines())}
+
+
 def readme_export_snippet(project: Path, program: Path) -> str:
     """The README's example of running the exported model, with the run's real paths."""
     readme = (project / "README.md").read_text()
@@ -123,26 +106,30 @@ def test_combination_installs_trains_and_learns(combination, template_copy, tmp_
     history = read_metrics(run_dir)
     assert history[-1]["val/loss"] < history[0]["val/loss"]
 
-    best = run_dir / "checkpoints" / "best.ckpt"
+    best, last = run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"
     commands = [
         ["evaluate", "--checkpoint", str(best), "--accelerator", "cpu"],
+        ["evaluate", "--checkpoint", str(last), "--accelerator", "cpu"],
         ["predict", "--checkpoint", str(best), *predict_inputs(task, tmp_path)],
         ["export", "--checkpoint", str(best)],
     ]
     drive = [str(installed.python), str(REPO / "tests" / "drive_project.py")]
     # Then the project's own tests, in the same process.
     result = run(drive + [package_of(combination), json.dumps(commands)], cwd=project)
-    outputs = json.loads(result.stdout.splitlines()[-1])
-    assert outputs["pytest"] == 0, f"the project's own tests failed:\n{result.stdout[-5000:]}"
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["pytest"] == 0, f"the project's own tests failed:\n{result.stdout[-5000:]}"
+    evaluated_best, evaluated_last, predicted, _ = report["outputs"]
     meta = json.loads(best.with_suffix(".json").read_text())
-    evaluated = dict(line.split(": ") for line in outputs["evaluate"].splitlines())
-    evaluated = {key: float(value) for key, value in evaluated.items()}
+    evaluated = parse_metrics(evaluated_best)
     assert_learned(task, evaluated, meta)
-    # best.ckpt holds the best epoch: evaluating it gives that epoch's logged metrics.
+    # best.ckpt holds the best epoch and last.ckpt the last: evaluating them gives those
+    # epochs' logged metrics.
     best_epoch = min(history, key=lambda row: abs(row["val/loss"] - evaluated["val/loss"]))
     for key, value in evaluated.items():
         assert value == pytest.approx(best_epoch[key], rel=1e-3, abs=1e-4)
-    check_predictions(task, outputs["predict"], meta)
+    for key, value in parse_metrics(evaluated_last).items():
+        assert value == pytest.approx(history[-1][key], rel=1e-3, abs=1e-4), "last.ckpt"
+    check_predictions(task, predicted, meta)
 
     if combination["hardware"] == "cpu":  # the README and the export are alike for all four
         # The README's snippet runs the exported program without the project's code.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import random
 import sys
 import warnings
@@ -160,6 +161,12 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict[str, float] | N
                 f"{resume} has trained its {t.epochs} epochs already; "
                 "pass --epochs with a larger number to train on"
             )
+        stopper = next((v for k, v in checkpoint["callbacks"].items() if "EarlyStopping" in k), {})
+        if t.patience and stopper.get("wait_count", 0) >= stopper.get("patience", t.patience):
+            raise UserError(
+                f"{resume} stopped early ({MONITOR} did not improve for {t.patience} epochs); "
+                "to train on, resume with --set train.patience=0"
+            )
         run_dir = Path(resume).resolve().parent.parent
         t.output_dir, t.name = str(run_dir.parent), run_dir.name
     else:
@@ -173,13 +180,17 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict[str, float] | N
     if t.logger == "tensorboard":
         loggers.append(TensorBoardLogger(t.output_dir, name=t.name, version="tensorboard"))
     callbacks = [
+        # best.ckpt when the monitored metric improves; last.ckpt every epoch. (save_last
+        # would write last.ckpt only along with a new best.)
         ModelCheckpoint(
             dirpath=cfg.run_dir / "checkpoints",
             filename="best",
             monitor=MONITOR,
             mode=MONITOR_MODE,
-            save_last=True,
             enable_version_counter=False,  # overwrite best.ckpt instead of best-v1.ckpt
+        ),
+        ModelCheckpoint(
+            dirpath=cfg.run_dir / "checkpoints", filename="last", enable_version_counter=False
         ),
         LearningRateMonitor(logging_interval="epoch"),
         EpochSummary(),
@@ -302,7 +313,8 @@ def make_loader(dataset: Dataset, cfg: Config, trainer: L.Trainer, train: bool) 
         shuffle=train,
         seed=cfg.train.seed,
     )
-    workers = cfg.train.num_workers
+    # Never more loader processes than this process's share of the cores.
+    workers = min(cfg.train.num_workers, (os.cpu_count() or 1) // world_size)
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,

@@ -107,6 +107,11 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict[str, float] | N
                 net, device_ids=[device.index] if device.type == "cuda" else None
             )
 
+        if t.patience and state["bad_epochs"] >= t.patience:
+            raise UserError(
+                f"{run_dir} stopped early ({MONITOR} did not improve for {t.patience} epochs); "
+                "to train on, resume with --set train.patience=0"
+            )
         if state["epoch"] >= t.epochs:
             raise UserError(
                 f"{run_dir} has trained its {t.epochs} epochs already; "
@@ -275,7 +280,8 @@ def make_loader(
     sampler = DistributedSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=cfg.train.seed
     )
-    workers = cfg.train.num_workers
+    # Never more loader processes than this process's share of the cores.
+    workers = min(cfg.train.num_workers, (os.cpu_count() or 1) // world_size)
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,
@@ -341,6 +347,8 @@ def launch_workers(cfg: Config, resume: str | Path | None, nprocs: int) -> None:
 
     run_dir = claim_run_dir(cfg, resume, world_size=1)
     os.environ[RUN_NAME_ENV] = run_dir.name  # the workers write into this run folder
+    # Share the cores among the workers (torchrun would warn and give each one thread).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
     package = __name__.rpartition(".")[0]
     try:
         torchrun(["--standalone", f"--nproc-per-node={nprocs}", "-m", package, *sys.argv[1:]])

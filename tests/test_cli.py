@@ -1,0 +1,151 @@
+"""The `scaffold` command: flags from copier.yml, defaults, bad values, destinations, matrix."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import COMBINATIONS
+
+from generator import __version__
+from generator.questions import load_questions
+
+
+def scaffold(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "generator", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def answers(project) -> dict:
+    return yaml.safe_load((project / ".copier-answers.yml").read_text())
+
+
+def test_help_lists_a_flag_per_question_and_imports_no_framework():
+    code = (
+        "import sys\n"
+        "from generator.cli import main\n"
+        "sys.argv = ['scaffold', 'new', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = {'torch', 'lightning', 'copier'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for question in load_questions():
+        assert question.flag in result.stdout
+        for choice in question.choices or ():
+            assert choice in result.stdout
+
+
+def test_version():
+    result = scaffold("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"torch-scaffold {__version__}"
+
+
+def test_new_with_flags_takes_every_answer(tmp_path):
+    result = scaffold(
+        "new",
+        str(tmp_path / "proj"),
+        "--name",
+        "Text Thing",
+        "--task",
+        "text-classification",
+        "--framework",
+        "raw",
+        "--hardware",
+        "gpu",
+        "--license",
+        "Apache-2.0",
+        "--logger",
+        "tensorboard",
+    )
+    assert result.returncode == 0, result.stderr
+    given = answers(tmp_path / "proj")
+    assert given["project_name"] == "Text Thing"
+    assert given["package_name"] == "text_thing"
+    assert (given["task"], given["framework"], given["hardware"]) == (
+        "text-classification",
+        "raw",
+        "gpu",
+    )
+    assert (tmp_path / "proj/src/text_thing/engine.py").is_file()
+    assert "Apache License" in (tmp_path / "proj/LICENSE").read_text()
+    assert "tensorboard" in (tmp_path / "proj/pyproject.toml").read_text()
+
+
+def test_new_without_a_terminal_takes_the_defaults(tmp_path):
+    result = scaffold("new", str(tmp_path / "proj"))
+    assert result.returncode == 0, result.stderr
+    given = answers(tmp_path / "proj")
+    for question in load_questions():
+        if question.default is not None:
+            assert given[question.name] == question.default
+    assert (tmp_path / "proj/src/my_project/cli.py").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--task", "imagenet"], "'imagenet' is not one of 'image-classification'"),
+        (["--hardware", "tpu"], "'tpu' is not one of 'cpu', 'gpu', 'multi-gpu', 'mps'"),
+        (["--package-name", "class"], "'class' is a Python keyword"),
+        (["--package-name", "torch"], "would shadow the standard library or a dependency"),
+        (["--package-name", "2fast"], "is not a Python identifier"),
+        (["--author-email", "nobody"], "is not an e-mail address"),
+        (["--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_a_bad_value_is_one_line_and_exit_2(tmp_path, args, says):
+    result = scaffold("new", str(tmp_path / "proj"), "--defaults", *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "proj").exists() or not any((tmp_path / "proj").iterdir())
+
+
+def test_a_non_empty_destination_is_refused_and_left_alone(tmp_path):
+    dest = tmp_path / "mine"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("my notes")
+    (dest / "README.md").write_text("my readme")
+    result = scaffold("new", str(dest), "--defaults")
+    assert result.returncode == 2
+    assert "is not empty" in result.stderr and "--force" in result.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "notes.txt"]
+    assert (dest / "README.md").read_text() == "my readme"
+
+    result = scaffold("new", str(dest), "--defaults", "--force")
+    assert result.returncode == 0, result.stderr
+    assert (dest / "notes.txt").read_text() == "my notes"  # not the template's: kept
+    assert (dest / "src/my_project/engine.py").is_file()
+
+
+def test_matrix_lists_every_combination():
+    result = scaffold("matrix")
+    assert result.returncode == 0
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert len(rows) == len(COMBINATIONS) == 32
+    assert {tuple(row) for row in rows} == {
+        (c["task"], c["framework"], c["hardware"]) for c in COMBINATIONS
+    }
+
+
+def test_matrix_json_is_a_github_actions_strategy_matrix():
+    result = scaffold("matrix", "--json")
+    assert result.returncode == 0
+    matrix = json.loads(result.stdout)
+    assert list(matrix) == ["include"]
+    assert matrix["include"] == COMBINATIONS
+    assert all(set(row) == {"task", "framework", "hardware"} for row in matrix["include"])

@@ -54,6 +54,6 @@ def test_python_keywords_list_holds_every_keyword():
     from generator.questions import template_root
 
     spec = yaml.safe_load((template_root() / "copier.yml").read_text())
-    assert set(spec["python_keywords"]["default"]) == set(keyword.kwlist)
+    assert set(spec["python_keywords"]["default"].split()) == set(keyword.kwlist)
     public = {name for name in sys.stdlib_module_names if not name.startswith("_")}
-    assert public <= set(spec["reserved_package_names"]["default"])
+    assert public <= set(spec["reserved_package_names"]["default"].split())

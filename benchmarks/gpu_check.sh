@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# GPU check, for a machine with CUDA GPUs (not part of CI): generate the gpu and multi-gpu
+# projects of every task in both styles, train each for two epochs with mixed precision,
+# and print the run time and throughput.
+#   bash benchmarks/gpu_check.sh [OUTPUT_DIR]
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$(mktemp -d /tmp/gpu-check.XXXXXX)}
+mkdir -p "$out"
+python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name(), 'x', torch.cuda.device_count())"
+pip install -q -e "$repo"
+printf '%-22s %-10s %-10s %8s %12s  %s\n' task framework hardware seconds samples/s final
+for hardware in gpu multi-gpu; do
+  for framework in raw lightning; do
+    for task in image-classification text-classification tabular-regression language-modeling; do
+      name="$task-$framework-$hardware"
+      scaffold new "$out/$name" --defaults --task "$task" --framework "$framework" \
+        --hardware "$hardware" --name "check-$name" >/dev/null
+      pip install -q --no-deps -e "$out/$name"
+      start=$(date +%s.%N)
+      (cd "$out/$name" && "check-$name" train --epochs 2 --precision auto --name gpu \
+        --set train.patience=0 > train.log 2>&1) || { echo "$name FAILED"; tail -20 "$out/$name/train.log"; continue; }
+      end=$(date +%s.%N)
+      python - "$out/$name" "$start" "$end" "$name" <<'PY'
+import csv, sys, yaml
+from pathlib import Path
+run = Path(sys.argv[1]) / "runs" / "gpu"
+seconds = float(sys.argv[3]) - float(sys.argv[2])
+cfg = yaml.safe_load((run / "config.yaml").read_text())
+rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/loss")]
+steps = max(int(float(r["step"])) for r in rows) + 1
+import torch
+world = torch.cuda.device_count() if "multi-gpu" in sys.argv[4] else 1
+samples = steps * cfg["train"]["batch_size"] * world
+task, framework, hardware = sys.argv[4].rsplit("-", 2)[0], *sys.argv[4].rsplit("-", 2)[1:]
+print(f"{task:<22} {framework:<10} {hardware:<10} {seconds:8.1f} {samples / seconds:12.0f}  val/loss {float(rows[-1]['val/loss']):.4f}")
+PY
+    done
+  done
+done
+echo "projects and logs in $out"

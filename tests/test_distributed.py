@@ -91,6 +91,7 @@ def test_ddp_on_two_cpu_processes_learns_writes_once_and_resumes(
     assert [p.name for p in runs.iterdir()] == ["ddp"]
 
 
+@pytest.mark.timeout(600)
 def test_raw_ddp_equals_one_process_with_twice_the_batch(template_copy, tmp_path):
     """2 processes x batch B take the same steps as 1 process x batch 2B (dropout is off)."""
     project = render(
@@ -111,19 +112,32 @@ def test_raw_ddp_equals_one_process_with_twice_the_batch(template_copy, tmp_path
         timeout=300,
         env={"PYTHONPATH": str(project / "src")},
     )
+    # The same 64 samples a step again, as 2 processes x 2 micro-batches of 16: gradients
+    # accumulate locally and are all-reduced once, on the last micro-step.
+    accumulate = ["--batch-size", "16", "--set", "train.accumulate=2", "--name", "two-x2"]
+    run(
+        torchrun(*launch, "train", *common, *accumulate),
+        cwd=project,
+        timeout=300,
+        env={"PYTHONPATH": str(project / "src")},
+    )
     installed.run("train", *common, "--devices", "1", "--batch-size", "64", "--name", "one")
 
     def final_state(name: str) -> tuple[dict, dict]:
         checkpoint = torch.load(runs / name / "checkpoints" / "last.ckpt", weights_only=True)
         return checkpoint["model"], checkpoint["state"]
 
-    (two, two_state), (one, one_state) = final_state("two"), final_state("one")
-    assert two_state["step"] == one_state["step"] == 50
-    difference = max((two[key] - one[key]).abs().max().item() for key in one)
-    print(f"max parameter difference after {one_state['step']} steps: {difference:.3g}")
-    assert difference < 1e-5
+    one, one_state = final_state("one")
+    assert one_state["step"] == 50
+    for name in ("two", "two-x2"):
+        other, other_state = final_state(name)
+        assert other_state["step"] == 50
+        difference = max((other[key] - one[key]).abs().max().item() for key in one)
+        print(f"{name}: max parameter difference after 50 steps: {difference:.3g}")
+        assert difference < 1e-5
 
 
+@pytest.mark.timeout(600)
 def test_two_nodes_on_loopback_train_one_run(template_copy, tmp_path):
     """Two torchrun launches, --nnodes=2 and one process each, meet on 127.0.0.1."""
     project = render(

@@ -101,6 +101,8 @@ def test_combination_installs_trains_and_learns(combination, template_copy, tmp_
 
     result = installed.run("train", *CPU, "--output-dir", str(runs), "--name", "first")
     run_dir = runs / "first"
+    # No warnings the project could have avoided (Lightning's included).
+    assert "warn" not in result.stderr.lower(), result.stderr
     assert run_files(run_dir) == RUN_FILES
     assert f"run folder: {run_dir}" in result.stdout
     history = read_metrics(run_dir)
@@ -248,6 +250,7 @@ def test_user_mistakes_are_one_line_errors(framework, template_copy, tmp_path):
     fails("train", *CPU, *out, "--set", "train.epoch=3", says="unknown key 'train.epoch'")
     fails("train", *CPU, *out, "--accelerator", "tpu", says="train.accelerator must be one of")
     fails("train", *out, "--accelerator", "gpu", says="no CUDA GPU")
+    fails("train", *out, "--accelerator", "mps", says="MPS backend is not available")
     last = str(runs / "done" / "checkpoints" / "last.ckpt")
     fails("train", *CPU, *out, "--resume", last, "--set", "model.hidden=32", says="other model")
     fails("train", *CPU, *out, "--resume", last, says="trained its 2 epochs already")

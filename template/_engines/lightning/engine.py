@@ -221,7 +221,7 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict[str, float] | N
         parameters = sum(p.numel() for p in module.model.parameters())
         print(f"{type(module.model).__name__}: {parameters:,} parameters", flush=True)
     if t.compile:
-        module.model = torch.compile(module.model)
+        module.model.compile()  # in place: the checkpoint's keys stay those of the plain model
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     if not trainer.is_global_zero:
         return None

@@ -101,7 +101,9 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict[str, float] | N
             state.update(checkpoint["state"])
             set_rng_state(checkpoint["rng"])
 
-        net = torch.compile(model) if t.compile else model
+        if t.compile:
+            model.compile()  # in place: the checkpoint's keys stay those of the plain model
+        net = model
         if world_size > 1:
             net = DistributedDataParallel(
                 net, device_ids=[device.index] if device.type == "cuda" else None

@@ -147,6 +147,7 @@ def test_combination_installs_trains_and_learns(combination, template_copy, tmp_
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("task", TASKS)
 def test_trains_on_user_data_and_both_engines_agree(task, template_copy, tmp_path):
+    """--data in the task's format, with TensorBoard logging; raw and Lightning agree."""
     data = write_user_data(task, tmp_path / "data")
     key, tolerance = PARITY[task]
     finals = {}
@@ -157,6 +158,7 @@ def test_trains_on_user_data_and_both_engines_agree(task, template_copy, tmp_pat
             project_name=f"mine-{framework}",
             task=task,
             framework=framework,
+            logger="tensorboard",
         )
         installed = install(project, tmp_path / f"venv-{framework}")
         extra = ["--target", "price"] if task == "tabular-regression" else []
@@ -168,6 +170,7 @@ def test_trains_on_user_data_and_both_engines_agree(task, template_copy, tmp_pat
         installed.run("export", "--checkpoint", str(checkpoint))
         meta = json.loads(checkpoint.with_suffix(".json").read_text())
         finals[framework] = read_metrics(runs / "mine")[-1]
+        assert list((runs / "mine" / "tensorboard").glob("events.out.tfevents.*"))
         assert_learned(task, finals[framework], meta)
     raw, lightning = finals["raw"][key], finals["lightning"][key]
     gap = abs(raw - lightning) / (abs(raw) if key == "val/loss" else 1)

@@ -100,6 +100,16 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict[str, float] | N
             scaler.load_state_dict(checkpoint["scaler"])
             state.update(checkpoint["state"])
             set_rng_state(checkpoint["rng"])
+            if t.patience and state["bad_epochs"] >= t.patience:
+                raise UserError(
+                    f"{run_dir} stopped early ({MONITOR} did not improve for {t.patience} epochs); "
+                    "to train on, resume with --set train.patience=0"
+                )
+            if state["epoch"] >= t.epochs:
+                raise UserError(
+                    f"{run_dir} has trained its {t.epochs} epochs already; "
+                    "pass --epochs with a larger number to train on"
+                )
 
         if t.compile:
             model.compile()  # in place: the checkpoint's keys stay those of the plain model
@@ -109,16 +119,6 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict[str, float] | N
                 net, device_ids=[device.index] if device.type == "cuda" else None
             )
 
-        if t.patience and state["bad_epochs"] >= t.patience:
-            raise UserError(
-                f"{run_dir} stopped early ({MONITOR} did not improve for {t.patience} epochs); "
-                "to train on, resume with --set train.patience=0"
-            )
-        if state["epoch"] >= t.epochs:
-            raise UserError(
-                f"{run_dir} has trained its {t.epochs} epochs already; "
-                "pass --epochs with a larger number to train on"
-            )
         log = MetricsLog(run_dir, cfg, resumed_epoch=state["epoch"]) if master else None
         metrics = build_metrics(meta).to(device)
         val_loss = MeanMetric().to(device)

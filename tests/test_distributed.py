@@ -53,7 +53,8 @@ def test_ddp_on_two_cpu_processes_learns_writes_once_and_resumes(
     project = render_combination(template_copy, tmp_path / "project", combination)
     installed = install(project, tmp_path / "venv")
     runs = tmp_path / "runs"
-    common = ["--accelerator", "cpu", "--output-dir", str(runs)]
+    # In-memory data needs no loader processes on the CPU (the cpu projects' default too).
+    common = ["--accelerator", "cpu", "--output-dir", str(runs), "--set", "train.num_workers=0"]
     port = {"MASTER_PORT": str(free_port())}
     if combination["framework"] == "raw":
         launch = ["--standalone", "--nproc-per-node=2", "-m", package_of(combination)]
@@ -105,6 +106,7 @@ def test_raw_ddp_equals_one_process_with_twice_the_batch(template_copy, tmp_path
     installed = install(project, tmp_path / "venv")
     runs = tmp_path / "runs"
     common = ["--accelerator", "cpu", "--output-dir", str(runs), "--epochs", "2", "--seed", "5"]
+    common += ["--set", "train.num_workers=0"]
     launch = ["--standalone", "--nproc-per-node=2", "-m", "same_steps"]
     run(
         torchrun(*launch, "train", *common, "--batch-size", "32", "--name", "two"),
@@ -154,6 +156,7 @@ def test_two_nodes_on_loopback_train_one_run(template_copy, tmp_path):
     rendezvous += [f"--rdzv-endpoint={endpoint}", "--rdzv-id=loopback"]
     command = torchrun(*rendezvous, "-m", "two_nodes", "train", "--accelerator", "cpu")
     command += ["--output-dir", str(runs), "--name", "multi-node", "--epochs", "4"]
+    command += ["--set", "train.num_workers=0"]
     env = command_env({"PYTHONPATH": str(project / "src")})
     nodes = [
         subprocess.Popen(

@@ -202,6 +202,8 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict[str, float] | N
                 break
         if log is not None:
             log.close()
+        if world_size > 1:
+            dist.barrier()  # leave together: a rank that tears gloo down early can abort a peer
         return row if master else None
     finally:
         if dist.is_initialized():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import math
 import os
 import random
@@ -102,8 +103,8 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict[str, float] | N
             set_rng_state(checkpoint["rng"])
             if t.patience and state["bad_epochs"] >= t.patience:
                 raise UserError(
-                    f"{run_dir} stopped early ({MONITOR} did not improve for {t.patience} epochs); "
-                    "to train on, resume with --set train.patience=0"
+                    f"{run_dir} stopped early ({MONITOR} did not improve for "
+                    f"{t.patience} epochs); to train on, resume with --set train.patience=0"
                 )
             if state["epoch"] >= t.epochs:
                 raise UserError(
@@ -203,7 +204,12 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict[str, float] | N
         if log is not None:
             log.close()
         if world_size > 1:
-            dist.barrier()  # leave together: a rank that tears gloo down early can abort a peer
+            dist.barrier()  # leave together
+            # Free DDP's reducer now, while the process group exists: freed at exit, after
+            # the group, it can abort the process ("terminate called without an active
+            # exception"), turning a finished run into a failed one.
+            del net
+            gc.collect()
         return row if master else None
     finally:
         if dist.is_initialized():

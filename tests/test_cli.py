@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 
+import pexpect
 import pytest
 import yaml
 from conftest import COMBINATIONS
@@ -91,6 +93,69 @@ def test_new_without_a_terminal_takes_the_defaults(tmp_path):
         if question.default is not None:
             assert given[question.name] == question.default
     assert (tmp_path / "proj/src/my_project/cli.py").is_file()
+
+
+def spawn_in_terminal(*args: str, cwd) -> pexpect.spawn:
+    """`scaffold` attached to a pseudo-terminal, as a user at a shell runs it."""
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "generator", *args],
+        cwd=str(cwd),
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(40, 120),
+    )
+    child.logfile_read = io.StringIO()  # the whole screen, for a failure's message
+    return child
+
+
+def every_answer_but(name: str) -> dict[str, str]:
+    """A valid answer to every question except `name`, not always the default one."""
+    given = {"project_name": "Demo", "package_name": "demo", "author_email": "a@b.co"}
+    for question in load_questions():
+        if question.name not in given:
+            given[question.name] = question.choices[-1] if question.choices else "x"
+    given.pop(name, None)
+    return given
+
+
+def as_flags(given: dict[str, str]) -> list[str]:
+    flags = {question.name: question.flag for question in load_questions()}
+    return [arg for name, value in given.items() for arg in (flags[name], value)]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_in_a_terminal_a_missing_answer_is_asked_for(tmp_path):
+    given = every_answer_but("framework")
+    child = spawn_in_terminal("new", "proj", *as_flags(given), cwd=tmp_path)
+    try:
+        child.expect("Which training engine")
+        child.send("\x1b[B")  # arrow down from the default, Lightning, to plain PyTorch
+        child.send("\r")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    screen = child.logfile_read.getvalue()
+    assert child.exitstatus == 0, screen
+    written = answers(tmp_path / "proj")
+    assert {name: str(written[name]) for name in given} == given
+    assert written["framework"] == "raw"
+    asked = [q.name for q in load_questions() if q.help.split("(")[0].strip() in screen]
+    assert asked == ["framework"]
+    assert "demo train" in screen  # the message after copy: the next commands
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_in_a_terminal_with_every_answer_given_nothing_is_asked(tmp_path):
+    given = every_answer_but("")
+    child = spawn_in_terminal("new", "proj", *as_flags(given), cwd=tmp_path)
+    try:
+        child.expect(pexpect.EOF)  # no keys sent: a prompt would time out
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.logfile_read.getvalue()
+    written = answers(tmp_path / "proj")
+    assert {name: str(written[name]) for name in given} == given
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from generator.questions import MATRIX_AXES, matrix, template_root
 
 REPO = Path(__file__).resolve().parent.parent
 COMBINATIONS = matrix()
+TASKS = sorted({c["task"] for c in COMBINATIONS})
 RUN_FILES = {
     "config.yaml",
     "metrics.csv",

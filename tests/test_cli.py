@@ -166,6 +166,7 @@ def test_in_a_terminal_with_every_answer_given_nothing_is_asked(tmp_path):
         (["--package-name", "class"], "'class' is a Python keyword"),
         (["--package-name", "torch"], "would shadow the standard library or a dependency"),
         (["--package-name", "2fast"], "is not a Python identifier"),
+        (["--name", "a project name far longer than a package name should be"], "at most"),
         (["--author-email", "nobody"], "is not an e-mail address"),
         (["--bogus"], "No such option: --bogus"),
     ],

@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 import yaml
-from conftest import render, run
+from conftest import TASKS, render, run
 
 HOSTILE = {
     "project_name": 'Ünïcode "Quoted" Project 🚀',
@@ -46,6 +46,27 @@ def test_hostile_answers_still_parse_and_are_kept_verbatim(framework, template_c
     )
     assert result.returncode == 0, result.stderr
     assert "n-code-quoted-project: train, evaluate" in result.stdout
+
+
+@pytest.mark.parametrize("framework", ["raw", "lightning"])
+@pytest.mark.parametrize("task", TASKS)
+def test_the_longest_package_name_still_gives_black_and_ruff_clean_code(
+    task, framework, template_copy, tmp_path
+):
+    # Long import lines are where a long name shows: black would re-wrap them.
+    name = "a_project_name_of_the_longest_kind_allowed"[:40]
+    project = render(
+        template_copy,
+        tmp_path / "project",
+        task=task,
+        framework=framework,
+        hardware="multi-gpu",
+        project_name=name.replace("_", " ").title() + " With A Longer Human Name",
+        package_name=name,
+    )
+    assert (project / "src" / name / "engine.py").is_file()
+    run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=project)
+    run([sys.executable, "-m", "black", "--check", "--quiet", "."], cwd=project)
 
 
 def test_python_keywords_list_holds_every_keyword():

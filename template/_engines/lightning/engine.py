@@ -29,6 +29,7 @@ from .config import (
     UserError,
     check_same_model,
     load_config,
+    loader_start_method,
     new_run_name,
     read_checkpoint,
     resolve_device,
@@ -322,6 +323,7 @@ def make_loader(dataset: Dataset, cfg: Config, trainer: L.Trainer, train: bool) 
         drop_last=train and len(dataset) >= cfg.train.batch_size * world_size,
         num_workers=workers,
         persistent_workers=workers > 0,
+        multiprocessing_context=loader_start_method(workers, world_size),
         pin_memory=trainer.strategy.root_device.type == "cuda",
         # Its own generator: starting an epoch then draws nothing from the global one,
         # whose state the checkpoint carries, so a resumed run draws what the original did.

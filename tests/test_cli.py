@@ -109,13 +109,13 @@ def spawn_in_terminal(*args: str, cwd) -> pexpect.spawn:
     return child
 
 
-def every_answer_but(name: str) -> dict[str, str]:
-    """A valid answer to every question except `name`, not always the default one."""
+def every_answer(but: str | None = None) -> dict[str, str]:
+    """A valid answer to every question except `but`, not always the default one."""
     given = {"project_name": "Demo", "package_name": "demo", "author_email": "a@b.co"}
     for question in load_questions():
         if question.name not in given:
             given[question.name] = question.choices[-1] if question.choices else "x"
-    given.pop(name, None)
+    given.pop(but, None)
     return given
 
 
@@ -126,7 +126,7 @@ def as_flags(given: dict[str, str]) -> list[str]:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
 def test_in_a_terminal_a_missing_answer_is_asked_for(tmp_path):
-    given = every_answer_but("framework")
+    given = every_answer(but="framework")
     child = spawn_in_terminal("new", "proj", *as_flags(given), cwd=tmp_path)
     try:
         child.expect("Which training engine")
@@ -147,7 +147,7 @@ def test_in_a_terminal_a_missing_answer_is_asked_for(tmp_path):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
 def test_in_a_terminal_with_every_answer_given_nothing_is_asked(tmp_path):
-    given = every_answer_but("")
+    given = every_answer()
     child = spawn_in_terminal("new", "proj", *as_flags(given), cwd=tmp_path)
     try:
         child.expect(pexpect.EOF)  # no keys sent: a prompt would time out

@@ -30,7 +30,7 @@ from .config import (
     UserError,
     check_same_model,
     load_config,
-    loader_start_method,
+    loader_processes,
     new_run_name,
     read_checkpoint,
     resolve_device,
@@ -291,16 +291,12 @@ def make_loader(
     sampler = DistributedSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=cfg.train.seed
     )
-    # Never more loader processes than this process's share of the cores.
-    workers = min(cfg.train.num_workers, (os.cpu_count() or 1) // world_size)
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,
         sampler=sampler,
         drop_last=train and len(dataset) >= cfg.train.batch_size * world_size,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        multiprocessing_context=loader_start_method(workers, world_size),
+        **loader_processes(cfg.train.num_workers, world_size),
         pin_memory=device.type == "cuda",  # page-locked memory for non-blocking copies
         # Its own generator: starting an epoch then draws nothing from the global one,
         # whose state the checkpoint carries, so a resumed run draws what the original did.

@@ -1,43 +1,47 @@
 """The training engine: PyTorch Lightning's Trainer around the plain model of model.py.
 
 `TaskModule` wraps the model with its loss, metrics and optimizer; `DataModule` serves the
-datasets of data.py; `train` sets the Trainer up from the config: hardware, precision,
-checkpoints, early stopping and loggers, all writing into runs/<name>/.
+datasets of data.py; `train` sets the Trainer up from the config. The run is the one the
+plain-PyTorch engine makes, step for step: a budget of max_steps optimizer steps, an
+evaluation every eval_every steps (and at least once an epoch) with a metrics row,
+last.ckpt, best.ckpt when it improved, and early stopping after `patience` evaluations.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
-import math
-import random
-import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
-from .config import (
-    TASK,
-    Config,
-    UserError,
-    check_same_model,
-    load_config,
-    loader_processes,
-    new_run_name,
-    read_checkpoint,
-    resolve_device,
-    resolve_devices,
-    resolve_precision,
-    save_config,
-)
+from .config import TASK, Config, UserError, load_config
 from .data import build_datasets, load_dataset
-from .model import MONITOR, MONITOR_MODE, build_metrics, build_model, compute_loss
+from .hardware import resolve_device, resolve_devices, resolve_precision
+from .model import BASELINE, MONITOR, MONITOR_MODE, build_baseline, build_metrics, build_model
+from .model import compute_loss
+from .runs import check_resumable, choose_run_dir, prepare_run_dir, read_checkpoint
+from .runs import save_atomically
+from .tracking import MetricsLog, Progress, describe, save_baseline
+from .training import (
+    Diverged,
+    Interrupted,
+    Outcome,
+    StopSignals,
+    build_optimizer,
+    eval_interval,
+    evaluate_model,
+    get_rng_state,
+    improved,
+    make_loader,
+    set_rng_state,
+)
 
 ENGINE = "lightning"
 
@@ -46,9 +50,12 @@ ENGINE = "lightning"
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # A deprecation inside Lightning itself with recent torch releases; nothing to act on here.
 warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
-# Keep Lightning's start-up banner (GPU available, TPU available...) out of the output.
-logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
+# A resumed run writes into its own checkpoints/ folder on purpose.
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+# Keep Lightning's start-up banner (GPU available, TPU available...) and its note on
+# SIGTERM out of the output: the engine says what it does with a signal itself.
+for name in ("utilities.rank_zero", "accelerators.cuda", "trainer.connectors.signal_connector"):
+    logging.getLogger(f"lightning.pytorch.{name}").setLevel(logging.WARNING)
 
 
 class TaskModule(L.LightningModule):
@@ -60,6 +67,9 @@ class TaskModule(L.LightningModule):
         self.model = build_model(cfg, meta)
         self.val_metrics = build_metrics(meta).clone(prefix="val/")
         self.val_loss = MeanMetric()
+        # The training loss since the last evaluation; saved, so that a resume keeps it.
+        self.train_loss = MeanMetric()
+        self.train_loss.persistent(True)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs)
@@ -67,7 +77,11 @@ class TaskModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         inputs, targets = batch
         loss = compute_loss(self.model(inputs), targets)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        # Stop at a nan or inf loss, before it reaches the weights or a checkpoint.
+        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss), all=False):
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            raise Diverged(self.global_step + 1, loss.item(), lr)
+        self.train_loss.update(loss.detach(), weight=len(targets))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
@@ -75,56 +89,28 @@ class TaskModule(L.LightningModule):
         outputs = self.model(inputs).float()
         self.val_loss.update(compute_loss(outputs, targets), weight=len(targets))
         self.val_metrics.update(outputs, targets)
-        self.log("val/loss", self.val_loss, prog_bar=True)
-        self.log_dict(self.val_metrics, prog_bar=True)
+        self.log("val/loss", self.val_loss)
+        self.log_dict(self.val_metrics)
 
     def configure_optimizers(self):
-        t = self.cfg.train
-        # Fused AdamW is one kernel per step instead of one per parameter, on CUDA only.
-        optimizer = torch.optim.AdamW(
-            self.parameters(),
-            lr=t.lr,
-            weight_decay=t.weight_decay,
-            fused=self.device.type == "cuda",
-        )
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup_steps = int(t.warmup_ratio * total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps)
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
-        }
+        optimizer, scheduler = build_optimizer(self.model, self.cfg, self.device)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        if getattr(self, "rng_state", None) is not None:  # resumed
+            set_rng_state(self.rng_state)
+        # A larger --max-steps: the rate goes on from where it was (see WarmupCosine).
+        self.lr_schedulers().lr_lambdas[0].extend(self.global_step, self.cfg.train.max_steps)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # What evaluate, predict and export need to rebuild the model without the data,
         # and the random state, so that a resumed run continues as the original would.
         checkpoint.update(
-            task=TASK,
-            engine=ENGINE,
-            config=self.cfg.to_dict(),
-            meta=self.meta,
-            rng=get_rng_state(),
+            task=TASK, engine=ENGINE, config=self.cfg.to_dict(), meta=self.meta, rng=get_rng_state()
         )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.rng_state = checkpoint.get("rng")
-
-    def on_train_start(self) -> None:
-        if getattr(self, "rng_state", None) is not None:
-            set_rng_state(self.rng_state)
-
-
-class EpochSummary(L.Callback):
-    """One line of metrics per epoch on rank 0, as the plain-PyTorch engine prints."""
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            metrics = trainer.callback_metrics
-            values = "  ".join(f"{k} {metrics[k].item():.4g}" for k in sorted(metrics))
-            epoch = f"{trainer.current_epoch + 1}/{trainer.max_epochs}"
-            print(f"epoch {epoch}  step {trainer.global_step}  {values}", flush=True)
 
 
 class DataModule(L.LightningDataModule):
@@ -136,98 +122,195 @@ class DataModule(L.LightningDataModule):
         self.train_set, self.val_set, self.meta = build_datasets(cfg, meta)
 
     def train_dataloader(self) -> DataLoader:
-        return make_loader(self.train_set, self.cfg, self.trainer, train=True)
+        return self.loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return make_loader(self.val_set, self.cfg, self.trainer, train=False)
+        return self.loader(self.val_set, train=False)
+
+    def loader(self, dataset, train: bool) -> DataLoader:
+        # The loader knows its place in the epoch; Lightning saves and restores it.
+        trainer = self.trainer
+        device = trainer.strategy.root_device
+        return make_loader(dataset, self.cfg, trainer.global_rank, trainer.world_size, device, train)
 
 
-def train(cfg: Config, resume: str | Path | None = None) -> dict[str, float] | None:
-    """Fit with Lightning, writing the run folder; resume from a checkpoint.
+class Evaluations(L.Callback):
+    """The run as the plain-PyTorch engine reports it: a progress bar over the budget, a
+    metrics row and a line per evaluation, the baseline; and the stops that Lightning has
+    no setting for (the last evaluation at the end of the budget, Ctrl-C and SIGTERM)."""
 
-    Returns the last epoch's metrics on rank 0, None on the other ranks.
+    def __init__(self, cfg: Config, continuing: bool, signals: StopSignals, trial: Any = None):
+        self.cfg, self.continuing, self.signals, self.trial = cfg, continuing, signals, trial
+        self.best: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self.log, self.progress = None, None
+
+    def on_train_start(self, trainer: L.Trainer, module: TaskModule) -> None:
+        t = self.cfg.train
+        self.stepped_at = trainer.global_step
+        if trainer.early_stopping_callback is not None:  # not the patience of the checkpoint
+            trainer.early_stopping_callback.patience = t.patience
+        self.progress = Progress(trainer.global_step, t.max_steps, trainer.is_global_zero)
+        if trainer.is_global_zero:
+            resumed_step = trainer.global_step if self.continuing else None
+            self.log = MetricsLog(self.cfg.run_dir, self.cfg, resumed_step)
+            parameters = sum(p.numel() for p in module.model.parameters())
+            self.progress.print(f"{type(module.model).__name__}: {parameters:,} parameters")
+        # What a model that learned nothing scores on the validation split.
+        loader = trainer.datamodule.val_dataloader()
+        metrics = build_metrics(module.meta).to(module.device)
+        baseline = build_baseline(module.meta).to(module.device)
+        self.baseline = {"name": BASELINE, **evaluate_model(baseline, loader, metrics, module.device)}
+        if trainer.is_global_zero:
+            save_baseline(self.cfg.run_dir, self.baseline)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.stepped_at:  # a micro-batch of an accumulation
+            return
+        self.stepped_at = trainer.global_step
+        t = self.cfg.train
+        self.progress.update(trainer.global_step, trainer.current_epoch + 1, outputs["loss"])
+        stop_asked = self.signals.received is not None
+        if trainer.strategy.reduce_boolean_decision(stop_asked, all=False):
+            trainer.save_checkpoint(self.cfg.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+            raise Interrupted(self.signals.received, trainer.global_step)
+        last_epoch = t.epochs == trainer.current_epoch + 1 and trainer.is_last_batch
+        if trainer.global_step >= t.max_steps or last_epoch:
+            trainer.should_stop = True  # Lightning evaluates once more when asked to stop
+
+    def on_validation_end(self, trainer: L.Trainer, module: TaskModule) -> None:
+        metrics = trainer.callback_metrics
+        row = {
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch + 1,
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "train/loss": module.train_loss.compute().item(),  # averaged over all ranks
+            "val/loss": metrics["val/loss"].item(),
+            **{k: v.item() for k, v in sorted(metrics.items()) if k.startswith("val/") and k != "val/loss"},
+        }
+        module.train_loss.reset()
+        self.last = row
+        if improved(row[MONITOR], self.best.get(MONITOR), MONITOR_MODE):
+            self.best = row
+        if trainer.is_global_zero:
+            self.log.write(row)
+            self.progress.print(describe(row, self.cfg.train.max_steps))
+        if self.trial is not None:
+            self.trial.report(row[MONITOR], trainer.global_step)  # an Optuna sweep may prune
+            if self.trial.should_prune():
+                import optuna
+
+                raise optuna.TrialPruned(f"pruned at step {trainer.global_step}")
+
+    def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        checkpoint["evaluations"] = {"best": self.best, "last": self.last}
+
+    def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        self.best = checkpoint.get("evaluations", {}).get("best", {})
+        self.last = checkpoint.get("evaluations", {}).get("last", {})
+
+    def teardown(self, trainer, module, stage: str) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        if self.log is not None:
+            self.log.close()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written beside their target, then renamed over it (runs.save_atomically).
+
+    Lightning's own writer stages the file in the temporary folder, which may be another
+    filesystem, and then copies it in place: a kill during the copy leaves a broken file.
     """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options: Any = None) -> None:
+        save_atomically(checkpoint, Path(path))
+
+
+def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> Outcome | None:
+    """Train to the step budget with Lightning, evaluating and checkpointing as it goes;
+    resume from a checkpoint. Returns the outcome on rank 0, None on the other ranks."""
     t = cfg.train
     device = resolve_device(t.accelerator)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
     checkpoint = read_checkpoint(resume) if resume else None
     if checkpoint is not None:
-        check_same_model(checkpoint, cfg, Path(resume))
-        if checkpoint.get("engine") != ENGINE:
-            raise UserError(f"{resume} was written by the {checkpoint.get('engine')} engine")
-        if checkpoint["epoch"] + 1 >= t.epochs:
-            raise UserError(
-                f"{resume} has trained its {t.epochs} epochs already; "
-                "pass --epochs with a larger number to train on"
-            )
-        stopper = next((v for k, v in checkpoint["callbacks"].items() if "EarlyStopping" in k), {})
-        if t.patience and stopper.get("wait_count", 0) >= stopper.get("patience", t.patience):
-            raise UserError(
-                f"{resume} stopped early ({MONITOR} did not improve for {t.patience} epochs); "
-                "to train on, resume with --set train.patience=0"
-            )
-        run_dir = Path(resume).resolve().parent.parent
-        t.output_dir, t.name = str(run_dir.parent), run_dir.name
-    else:
-        t.name = t.name or new_run_name()
+        check_resumable(checkpoint, cfg, resume, ENGINE, progress_of(checkpoint, t.patience))
+    run_dir, continuing = choose_run_dir(cfg, resume)
     L.seed_everything(t.seed, workers=True, verbose=False)
 
     datamodule = DataModule(cfg, checkpoint["meta"] if checkpoint else None)
     module = TaskModule(cfg, datamodule.meta)
-    # Written at every log call (once or twice an epoch), so that a crash loses no rows.
-    loggers = [CSVLogger(t.output_dir, name=t.name, version="", flush_logs_every_n_steps=1)]
-    if t.logger == "tensorboard":
-        loggers.append(TensorBoardLogger(t.output_dir, name=t.name, version="tensorboard"))
+    devices = resolve_devices(t.devices, device)
+    world_size = devices * t.num_nodes
+    batches = len(make_loader(datamodule.train_set, cfg, 0, world_size, device, train=True))
+    signals = StopSignals()
+    evaluations = Evaluations(cfg, continuing, signals, trial)
     callbacks = [
-        # best.ckpt when the monitored metric improves; last.ckpt every epoch. (save_last
-        # would write last.ckpt only along with a new best.)
-        ModelCheckpoint(
-            dirpath=cfg.run_dir / "checkpoints",
+        evaluations,
+        ModelCheckpoint(  # best.ckpt, when the monitored metric improves
+            dirpath=run_dir / "checkpoints",
             filename="best",
             monitor=MONITOR,
             mode=MONITOR_MODE,
             enable_version_counter=False,  # overwrite best.ckpt instead of best-v1.ckpt
         ),
-        ModelCheckpoint(
-            dirpath=cfg.run_dir / "checkpoints", filename="last", enable_version_counter=False
+        ModelCheckpoint(  # last.ckpt, at every evaluation
+            dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False
         ),
-        LearningRateMonitor(logging_interval="epoch"),
-        EpochSummary(),
     ]
     if t.patience:
-        callbacks.append(EarlyStopping(MONITOR, mode=MONITOR_MODE, patience=t.patience))
-    devices = resolve_devices(t.devices, device)
+        callbacks.append(
+            EarlyStopping(
+                MONITOR, mode=MONITOR_MODE, patience=t.patience, check_on_train_epoch_end=False
+            )
+        )
     trainer = L.Trainer(
         accelerator=t.accelerator,
         devices=devices,
         num_nodes=t.num_nodes,
-        strategy="ddp" if devices > 1 or t.num_nodes > 1 else "auto",
+        strategy="ddp" if world_size > 1 else "auto",
         precision=resolve_precision(t.precision, device),
-        max_epochs=t.epochs,
+        max_steps=t.max_steps,
+        max_epochs=t.epochs or -1,
+        # Evaluate every so many batches, counted across epochs, as the raw loop does.
+        val_check_interval=eval_interval(cfg, batches),
+        check_val_every_n_epoch=None,
         accumulate_grad_batches=t.accumulate,
         gradient_clip_val=t.grad_clip or None,
-        logger=loggers,
+        logger=False,  # tracking.MetricsLog writes metrics.csv and the tracker
         callbacks=callbacks,
-        default_root_dir=cfg.run_dir,
+        # A SLURM requeue signal makes Lightning save hpc_ckpt_N.ckpt here, beside last.ckpt.
+        default_root_dir=run_dir / "checkpoints",
+        plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # make_loader shards the data itself
-        enable_progress_bar=sys.stderr.isatty(),
+        enable_progress_bar=False,  # tracking.Progress shows the steps, as in the raw engine
         enable_model_summary=False,
-        log_every_n_steps=10,
-        num_sanity_val_steps=0 if checkpoint else 2,
+        num_sanity_val_steps=0,
     )
     if trainer.is_global_zero:
-        prepare_run_dir(cfg, loggers[0], checkpoint)
-        parameters = sum(p.numel() for p in module.model.parameters())
-        print(f"{type(module.model).__name__}: {parameters:,} parameters", flush=True)
+        prepare_run_dir(run_dir, cfg)
     if t.compile:
         module.model.compile()  # in place: the checkpoint's keys stay those of the plain model
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    with signals:
+        # Tensors and plain values only: loading runs no code from the checkpoint file.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     if not trainer.is_global_zero:
         return None
-    metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
-    metrics.update(epoch=trainer.current_epoch, step=trainer.global_step)
-    return metrics
+    stopper = trainer.early_stopping_callback
+    if stopper is not None and stopper.wait_count >= stopper.patience:
+        reason = "early_stopping"
+    else:
+        reason = "max_steps" if trainer.global_step >= t.max_steps else "epochs"
+    return Outcome(reason, evaluations.best, evaluations.last, evaluations.baseline)
+
+
+def progress_of(checkpoint: dict[str, Any], patience: int) -> dict[str, Any]:
+    """How far a checkpoint's run went: its step, its completed epochs, stopped early."""
+    fit_loop = checkpoint["loops"]["fit_loop"]["state_dict"]
+    stopper = next((v for k, v in checkpoint["callbacks"].items() if "EarlyStopping" in k), {})
+    stopped = bool(patience) and stopper.get("wait_count", 0) >= patience
+    epoch = fit_loop["combined_loader"][0]["epoch"] if "combined_loader" in fit_loop else 0
+    return {"step": checkpoint["global_step"], "epoch": epoch, "stopped": stopped}
 
 
 def evaluate(
@@ -269,80 +352,3 @@ def load_model(checkpoint_path: str | Path) -> tuple[torch.nn.Module, Config, di
     """The trained plain model (in eval mode, on the CPU), its config and its metadata."""
     module, cfg, meta = load_module(checkpoint_path)
     return module.model, cfg, meta
-
-
-# --- helpers ---------------------------------------------------------------------------
-
-
-def prepare_run_dir(cfg: Config, csv_logger: CSVLogger, checkpoint: dict | None) -> None:
-    """On rank 0: claim a new run folder, or carry a resumed run's metrics over."""
-    metrics_file = cfg.run_dir / "metrics.csv"
-    rows = []
-    if checkpoint is None and cfg.run_dir.exists():
-        raise UserError(
-            f"run folder {cfg.run_dir} exists already; pick another --name, "
-            "or continue it with --resume last"
-        )
-    if checkpoint is not None and metrics_file.is_file():
-        with metrics_file.open(newline="") as file:
-            rows = [r for r in csv.DictReader(file) if int(r["step"]) < checkpoint["global_step"]]
-    with warnings.catch_warnings():
-        # CSVLogger starts metrics.csv afresh on resume; the rows so far are logged again below.
-        warnings.simplefilter("ignore")
-        writer = csv_logger.experiment
-    if checkpoint is not None:  # resuming writes into the run's checkpoints/ on purpose
-        warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
-    for row in rows:
-        values = {k: float(v) for k, v in row.items() if v not in ("", None) and k != "step"}
-        if "epoch" in values:
-            values["epoch"] = int(values["epoch"])
-        writer.log_metrics(values, step=int(row["step"]))
-    save_config(cfg, cfg.run_dir / "config.yaml")
-
-
-def make_loader(dataset: Dataset, cfg: Config, trainer: L.Trainer, train: bool) -> DataLoader:
-    """A loader over this rank's share of the data, shuffled per epoch when training.
-
-    Lightning calls the sampler's set_epoch, so a resumed run sees the same order.
-    """
-    world_size = trainer.world_size
-    sampler = DistributedSampler(
-        dataset,
-        num_replicas=world_size,
-        rank=trainer.global_rank,
-        shuffle=train,
-        seed=cfg.train.seed,
-    )
-    return DataLoader(
-        dataset,
-        batch_size=cfg.train.batch_size,
-        sampler=sampler,
-        drop_last=train and len(dataset) >= cfg.train.batch_size * world_size,
-        **loader_processes(cfg.train.num_workers, world_size),
-        pin_memory=trainer.strategy.root_device.type == "cuda",
-        # Its own generator: starting an epoch then draws nothing from the global one,
-        # whose state the checkpoint carries, so a resumed run draws what the original did.
-        generator=torch.Generator().manual_seed(cfg.train.seed),
-    )
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Learning-rate factor: linear warm-up, then cosine decay to a tenth."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-
-
-def get_rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -50,7 +50,13 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
             classes = class_names(root)
             train, val = split(ImageFolder(root, classes, size), cfg.data.val_split, seed)
     if meta is None:
-        meta = {"classes": classes, "image_size": size, **pixel_stats(train)}
+        counts = torch.bincount(torch.tensor(labels_of(train)), minlength=len(classes))
+        meta = {
+            "classes": classes,
+            "image_size": size,
+            **pixel_stats(train),
+            "class_counts": counts.tolist(),  # in the training split
+        }
     elif meta["classes"] != classes:
         raise DataError(
             f"the data has classes {classes}, the checkpoint {meta['classes']}; "
@@ -91,6 +97,16 @@ class ImageFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         return load_image(path, self.size), label
+
+
+def labels_of(dataset: Dataset) -> list[int]:
+    """The labels of a dataset, without decoding its images."""
+    if isinstance(dataset, Subset):
+        labels = labels_of(dataset.dataset)
+        return [labels[i] for i in dataset.indices]
+    if isinstance(dataset, ImageFolder):
+        return [label for _, label in dataset.samples]
+    return dataset.tensors[1].tolist()
 
 
 def pixel_stats(dataset: Dataset, limit: int = 512) -> dict[str, list[float]]:

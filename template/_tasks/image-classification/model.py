@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from .config import Config
 
 MONITOR, MONITOR_MODE = "val/acc", "max"  # the best checkpoint has the highest accuracy
+BASELINE = "majority class"  # what a model that learned nothing scores; see build_baseline
 
 
 class SmallCNN(nn.Module):
@@ -79,3 +80,21 @@ def build_metrics(meta: dict) -> MetricCollection:
     return MetricCollection(
         {"acc": MulticlassAccuracy(num_classes=len(meta["classes"]), average="micro")}
     )
+
+
+class ClassPrior(nn.Module):
+    """A model that learned nothing: the training classes' frequencies, whatever the input.
+
+    Its accuracy is the majority class's share; its loss is the entropy of the classes.
+    """
+
+    def __init__(self, counts: list[int]):
+        super().__init__()
+        self.register_buffer("logits", torch.tensor(counts, dtype=torch.float).add(1).log())
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(inputs), -1)
+
+
+def build_baseline(meta: dict) -> ClassPrior:
+    return ClassPrior(meta["class_counts"])

@@ -47,7 +47,8 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
     A checkpoint's `meta` is reused, so a resumed run keeps its vocabulary.
     """
     text = make_text(cfg.train.seed) if cfg.data.path is None else read_text(Path(cfg.data.path))
-    if meta is None:
+    new = meta is None
+    if new:
         meta = {"chars": "".join(sorted(set(text))), "block_size": cfg.data.block_size}
     block = meta["block_size"]
     ids = encode(text, meta)
@@ -57,6 +58,8 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
             f"the text has {len(ids)} characters: too few for block_size {block} "
             "and a validation split; use more text or a smaller --set data.block_size"
         )
+    if new:  # how often each character occurs in the training text
+        meta["char_counts"] = torch.bincount(ids[:-n_val], minlength=len(meta["chars"])).tolist()
     # Overlapping training windows (half a block apart) give more examples per epoch.
     train = CharWindows(ids[:-n_val], block, stride=max(1, block // 2))
     val = CharWindows(ids[-n_val:], block, stride=block)

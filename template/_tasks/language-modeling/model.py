@@ -15,6 +15,7 @@ from torchmetrics.text import Perplexity
 from .config import Config, ConfigError
 
 MONITOR, MONITOR_MODE = "val/loss", "min"  # the best checkpoint has the lowest loss
+BASELINE = "unigram"  # what a model that learned nothing scores; see build_baseline
 
 
 class Block(nn.Module):
@@ -107,3 +108,19 @@ def compute_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def build_metrics(meta: dict) -> MetricCollection:
     """Validation metrics, updated with (model output, target) batches."""
     return MetricCollection({"ppl": Perplexity()})
+
+
+class Unigram(nn.Module):
+    """A model that learned nothing but the characters' frequencies in the training text:
+    its loss is the text's entropy per character, with no context at all."""
+
+    def __init__(self, counts: list[int]):
+        super().__init__()
+        self.register_buffer("logits", torch.tensor(counts, dtype=torch.float).add(1).log())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(*tokens.shape, -1)
+
+
+def build_baseline(meta: dict) -> Unigram:
+    return Unigram(meta["char_counts"])

@@ -14,6 +14,7 @@ from torchmetrics import MeanSquaredError, MetricCollection, R2Score
 from .config import Config
 
 MONITOR, MONITOR_MODE = "val/mse", "min"  # the best checkpoint has the lowest error
+BASELINE = "mean predictor"  # what a model that learned nothing scores; see build_baseline
 
 
 class MLPRegressor(nn.Module):
@@ -70,3 +71,18 @@ def compute_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 def build_metrics(meta: dict) -> MetricCollection:
     """Validation metrics, updated with (model output, target) batches."""
     return MetricCollection({"mse": MeanSquaredError(), "r2": R2Score()})
+
+
+class MeanPredictor(nn.Module):
+    """A model that learned nothing: the training targets' mean, whatever the input (R2 ~ 0)."""
+
+    def __init__(self, mean: float):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mean.expand(len(features))
+
+
+def build_baseline(meta: dict) -> MeanPredictor:
+    return MeanPredictor(meta["y_mean"])

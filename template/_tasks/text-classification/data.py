@@ -45,10 +45,13 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
     n_val = max(1, math.floor(len(texts) * cfg.data.val_split))
     val_rows, train_rows = order[:n_val].tolist(), order[n_val:].tolist()
     if meta is None:
+        names = sorted(set(labels))
+        counts = Counter(labels[i] for i in train_rows)
         meta = {
             "vocab": build_vocab([texts[i] for i in train_rows], cfg.data.max_vocab),
-            "labels": sorted(set(labels)),
+            "labels": names,
             "max_length": cfg.data.max_length,
+            "class_counts": [counts[name] for name in names],  # in the training split
         }
     train = encode_rows([texts[i] for i in train_rows], [labels[i] for i in train_rows], meta)
     val = encode_rows([texts[i] for i in val_rows], [labels[i] for i in val_rows], meta)

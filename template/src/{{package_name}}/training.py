@@ -1,0 +1,260 @@
+"""What both training engines share: the resumable loader, the learning-rate schedule, the
+random state, the evaluation pass, and the guards that stop a run (signals, divergence).
+
+Keeping these in one place is what makes the plain-PyTorch and Lightning engines train the
+same steps, on the same batches, to the same metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchmetrics import MeanMetric, MetricCollection
+
+from .config import Config
+from .hardware import loader_processes
+from .model import compute_loss
+
+
+class Diverged(Exception):
+    """The loss became nan or inf: training stops before that state is saved anywhere."""
+
+    def __init__(self, step: int, loss: float, lr: float):
+        seen = loss if not math.isfinite(loss) else "nan or inf (in another process)"
+        super().__init__(
+            f"training diverged at step {step}: the loss is {seen}; lower the learning rate "
+            f"(--lr, now {lr:.3g}) or look for extreme values in the data"
+        )
+        self.step = step
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped training after a step; last.ckpt holds that step."""
+
+    def __init__(self, signum: int | None, step: int):
+        self.signum = signum or signal.SIGTERM  # a process that only heard it from another
+        self.step = step
+        super().__init__(f"{signal.Signals(self.signum).name} after step {step}")
+
+
+@dataclass
+class Outcome:
+    """How a run ended: why it stopped, its best and last evaluations, and its folder."""
+
+    reason: str  # "max_steps" | "epochs" | "early_stopping"
+    best: dict[str, float]
+    last: dict[str, float]
+    baseline: dict[str, Any] = field(default_factory=dict)
+
+
+# --- data loading ----------------------------------------------------------------------
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way through, for a mid-epoch resume."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.start = 0  # samples of this rank's share to skip, once
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        start, self.start = self.start, 0
+        return iter(indices[start:])
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that knows how far into its epoch it is.
+
+    Its state_dict() travels in every checkpoint; a resumed run loads it and continues with
+    the very batch the uninterrupted run would have seen next. Lightning calls both methods
+    itself (a loader with them is "stateful" to Lightning).
+    """
+
+    sampler: ResumableSampler
+
+    def __iter__(self):
+        self.served = self.sampler.start // self.batch_size  # batches skipped by a resume
+        for batch in super().__iter__():
+            self.served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, served = self.sampler.epoch, getattr(self, "served", 0)
+        if served >= len(self):  # the epoch is over: resume at the start of the next one
+            epoch, served = epoch + 1, 0
+        return {"epoch": epoch, "served": served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.set_epoch(state["epoch"])
+        self.sampler.start = state["served"] * self.batch_size
+
+
+def make_loader(
+    dataset: Dataset,
+    cfg: Config,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    train: bool,
+) -> ResumableLoader:
+    """A loader over this rank's share of the data, shuffled per epoch when training."""
+    sampler = ResumableSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=cfg.train.seed
+    )
+    return ResumableLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        drop_last=train and len(dataset) >= cfg.train.batch_size * world_size,
+        **loader_processes(cfg.train.num_workers, world_size),
+        pin_memory=device.type == "cuda",  # page-locked memory for non-blocking copies
+        # Its own generator: starting an epoch then draws nothing from the global one,
+        # whose state the checkpoint carries, so a resumed run draws what the original did.
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+    )
+
+
+def eval_interval(cfg: Config, batches_per_epoch: int) -> int:
+    """Batches between evaluations: eval_every optimizer steps, and at least one an epoch."""
+    return max(1, min(cfg.train.eval_every * cfg.train.accumulate, batches_per_epoch))
+
+
+# --- the learning rate and the random state ---------------------------------------------
+
+
+class WarmupCosine:
+    """The learning-rate factor of each step: linear warm-up, then cosine decay to a tenth.
+
+    A callable object, not a function, so that LambdaLR saves its settings in checkpoints.
+    `extend` gives a resumed run a larger budget without a jump: the rate continues from
+    where it was and decays along a new cosine to the same floor by the new last step.
+    """
+
+    floor = 0.1
+
+    def __init__(self, warmup_steps: int, total_steps: int):
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
+        self.decay_start, self.decay_from = warmup_steps, 1.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.decay_start)
+        progress = min(1.0, (step - self.decay_start) / span)
+        return self.floor + (self.decay_from - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def extend(self, step: int, total_steps: int) -> None:
+        """From `step` on, decay from the current factor so as to reach the floor at total_steps."""
+        if total_steps != self.total_steps and step >= self.warmup_steps:
+            self.decay_start, self.decay_from = step, self(step)
+        self.total_steps = total_steps
+
+
+def build_optimizer(
+    model: torch.nn.Module, cfg: Config, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with weight decay on the weights (not on biases and norms), and the schedule."""
+    t = cfg.train
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t.lr,
+        # Fused AdamW is one kernel per step instead of one per parameter, on CUDA only.
+        fused=device.type == "cuda",
+    )
+    schedule = WarmupCosine(int(t.warmup_ratio * t.max_steps), t.max_steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA and MPS too
+
+
+def get_rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- evaluation ------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    metrics: MetricCollection,
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> dict[str, float]:
+    """The loss and metrics of `model` over the whole loader, reduced over all ranks."""
+    was_training = model.training
+    model.eval()
+    metrics.reset()
+    losses = MeanMetric().to(device)
+    for inputs, targets in loader:
+        inputs = inputs.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast or contextlib.nullcontext():
+            outputs = model(inputs)
+        outputs = outputs.float()
+        losses.update(compute_loss(outputs, targets), weight=len(targets))
+        metrics.update(outputs, targets)
+    model.train(was_training)
+    results = {"val/loss": losses.compute().item()}
+    results.update({f"val/{k}": v.item() for k, v in metrics.compute().items()})
+    return results
+
+
+def improved(value: float, best: float | None, mode: str) -> bool:
+    """Strictly better than the best so far (as Lightning's EarlyStopping counts)."""
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+# --- what stops a run --------------------------------------------------------------------
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM ask training to stop after the current step.
+
+    The engine then writes last.ckpt and raises Interrupted. A second Ctrl-C stops at once.
+    SIGTERM is what SLURM, Kubernetes and spot instances send before they kill a process.
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.handle)
+        return self
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)

@@ -96,6 +96,7 @@ def new(dest: Path, defaults: bool, force: bool, git: bool, **answers: str | Non
     from generator import project
 
     created = _check_destination(dest, force)
+    had_files = dest.is_dir() and any(dest.iterdir())
     data = {name: value for name, value in answers.items() if value is not None}
     source = project.template_source()
     try:
@@ -128,7 +129,12 @@ def new(dest: Path, defaults: bool, force: bool, git: bool, **answers: str | Non
         warn(source.warning)
 
     given = worker.answers.combined
-    repository = _make_repository(dest, given) if git else "no git repository (--no-git)"
+    if not git:
+        repository = "no git repository (--no-git)"
+    elif had_files:  # a commit would take in files that are not the template's
+        repository = "no git repository (DEST had files already: commit what you want yourself)"
+    else:
+        repository = _make_repository(dest, given)
     typer.echo(
         f"Generated {dest}: command `{given['project_slug']}`, package "
         f"`{given['package_name']}`, {repository}.\n"
@@ -292,8 +298,9 @@ def update(project_dir: Path, vcs_ref: str | None, defaults: bool, **answers: st
         for name in data
         if before.get(name) != after.get(name)
     ]
+    name = project_dir.resolve().name if str(project_dir) == "." else project_dir
     typer.echo(
-        f"Updated {project_dir}: template {before['_commit']} -> {after.get('_commit')}"
+        f"Updated {name}: template {before['_commit']} -> {after.get('_commit')}"
         + "".join(f", {change}" for change in switched)
         + f"; {len(changed)} file(s) changed"
         + (": review them with `git diff`, then commit." if changed else ".")

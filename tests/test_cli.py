@@ -32,11 +32,12 @@ def answers(project) -> dict:
     return yaml.safe_load((project / ".copier-answers.yml").read_text())
 
 
-def test_help_lists_a_flag_per_question_and_imports_no_framework():
+@pytest.mark.parametrize("command", ["new", "update"])
+def test_help_lists_a_flag_per_question_and_imports_no_framework(command):
     code = (
         "import sys\n"
         "from generator.cli import main\n"
-        "sys.argv = ['scaffold', 'new', '--help']\n"
+        f"sys.argv = ['scaffold', '{command}', '--help']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "heavy = {'torch', 'lightning', 'copier'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
@@ -145,6 +146,26 @@ def test_in_a_terminal_a_missing_answer_is_asked_for(tmp_path):
     asked = [q.name for q in load_questions() if q.help.split("(")[0].strip() in screen]
     assert asked == ["framework"]
     assert "demo train" in screen  # the message after copy: the next commands
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_in_a_terminal_the_name_prompt_proposes_the_folder_name(tmp_path):
+    given = every_answer(but="project_name")
+    given.pop("package_name")  # proposed too, derived from the name
+    child = spawn_in_terminal("new", "foo-bar", *as_flags(given), cwd=tmp_path)
+    try:
+        child.expect("Project name")
+        child.expect("foo-bar")  # the proposed answer
+        child.send("\r")
+        child.expect("Python import name")
+        child.expect("foo_bar")  # and the package name derived from it
+        child.send("\r")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.logfile_read.getvalue()
+    written = answers(tmp_path / "foo-bar")
+    assert (written["project_name"], written["package_name"]) == ("foo-bar", "foo_bar")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")

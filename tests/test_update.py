@@ -285,3 +285,20 @@ def test_switching_the_framework_both_ways_keeps_the_users_code(template, work, 
         run([str(installed.python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project)
     assert engines["raw"] != engines["lightning"]
     assert (src / "engine.py").read_text() == engines["lightning"]  # back where it started
+
+
+def test_a_project_that_records_no_template_version_is_one_line(template, work):
+    # What a project made from the wheel by an older `scaffold` records: a site-packages path.
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
+    project = work / "proj"
+    recorded = answers(project)
+    del recorded["_commit"]
+    recorded["_src_path"] = "/venv/lib/python3.11/site-packages/generator/_template"
+    (project / ".copier-answers.yml").write_text(yaml.safe_dump(recorded))
+    commit_all(project, "as an older scaffold made it")
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "does not say which template version made the project" in result.stderr
+    assert "_commit" in result.stderr

@@ -341,12 +341,16 @@ def _run_update(data: dict[str, str], ref: str | None, defaults: bool) -> None:
 # --- the commands' parameters, one flag per copier.yml question -------------------------
 
 
-def _question_parameters() -> list[inspect.Parameter]:
+def _question_parameters(for_update: bool = False) -> list[inspect.Parameter]:
     params = []
     for question in load_questions():
         # A Literal of the choices makes typer refuse other values and list the valid ones.
         kind = Literal[question.choices] if question.choices else str
-        help_text = question.help + (f" [default: {question.default}]" if question.default else "")
+        if for_update:  # no default: a flag left out keeps the project's answer
+            help_text = question.help + " [changes the project's answer]"
+        else:
+            default = f" [default: {question.default}]" if question.default else ""
+            help_text = question.help + default
         params.append(
             inspect.Parameter(
                 question.name,
@@ -425,7 +429,8 @@ def _update_signature() -> inspect.Signature:
             ),
         ],
     )
-    return inspect.Signature([project_dir, vcs_ref, _defaults_option(), *_question_parameters()])
+    questions = _question_parameters(for_update=True)
+    return inspect.Signature([project_dir, vcs_ref, _defaults_option(), *questions])
 
 
 new.__signature__ = _new_signature()

@@ -47,8 +47,13 @@ def template_source() -> Source:
     in the answers exists and `copier update` can find it again.
     """
     root = template_root()
+    head = None
     if (root / ".git").exists() and shutil.which("git"):
-        head = git(root, "rev-parse", "HEAD")
+        try:
+            head = git(root, "rev-parse", "HEAD")
+        except GitError:  # a repository without a commit yet: render the folder as it is
+            pass
+    if head is not None:
         changed = changed_files(root, "copier.yml", "template")
         warning = None
         if changed:

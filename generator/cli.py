@@ -1,22 +1,27 @@
-"""The `scaffold` command: `scaffold new DEST`, `scaffold matrix`, `scaffold --version`.
+"""The `scaffold` command: `new`, `update`, `matrix` and `--version`.
 
-Copier is imported only by `new`, and torch and lightning never, so `scaffold --help` is quick.
+Copier is imported only by `new` and `update`, and torch and lightning never, so that
+`scaffold --help` is quick.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
+import shlex
+import shutil
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
 
 from generator import __version__
-from generator.questions import MATRIX_AXES, load_questions, matrix, template_root
+from generator.questions import MATRIX_AXES, load_questions, matrix
 
 app = typer.Typer(
     help="Generate a deep-learning project (plain PyTorch or Lightning) that trains on day one.",
@@ -24,6 +29,19 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_show_locals=False,
 )
+
+
+class Failure(typer.TyperException):
+    """Something went wrong while working (not a bad flag): one line, exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def format_message(self) -> str:
+        return self.message
 
 
 def _show_version(value: bool) -> None:
@@ -45,88 +63,294 @@ def scaffold(
         typer.echo(ctx.get_help())
 
 
-def new(dest: Path, defaults: bool, force: bool, **answers: str | None) -> None:
-    """Generate a project in DEST.
+def warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
+
+
+def _terminal(defaults: bool) -> bool:
+    return not defaults and sys.stdin.isatty() and sys.stdout.isatty()
+
+
+@contextmanager
+def _copier_warnings_silenced():
+    """Copier's warnings about the checkout it clones: `scaffold` says what matters itself."""
+    from copier.errors import DirtyLocalWarning, ShallowCloneWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DirtyLocalWarning)
+        warnings.simplefilter("ignore", ShallowCloneWarning)
+        yield
+
+
+# --- scaffold new ------------------------------------------------------------------------
+
+
+def new(dest: Path, defaults: bool, force: bool, git: bool, **answers: str | None) -> None:
+    """Generate a project in DEST, named after DEST unless --name is given.
 
     Every question of the template has a flag. Missing answers are asked for in a terminal;
     with --defaults, or when no terminal is attached, they take their default values.
+    The project becomes a git repository with a first commit (unless --no-git, or DEST is
+    inside another git work tree), so that `scaffold update` works from day one.
     """
+    from generator import project
+
+    created = _check_destination(dest, force)
+    had_files = dest.is_dir() and any(dest.iterdir())
+    data = {name: value for name, value in answers.items() if value is not None}
+    source = project.template_source()
+    try:
+        from copier import run_copy
+
+        with _copier_warnings_silenced():
+            worker = run_copy(
+                str(source.path),
+                dest,
+                data=data,
+                vcs_ref=source.vcs_ref,
+                defaults=not _terminal(defaults),
+                overwrite=force,
+                quiet=True,
+                # A package must not shadow a module importable where it is made.
+                user_defaults={"environment_modules": " ".join(project.importable_modules())},
+            )
+    except ValueError as error:  # an answer that a copier.yml validator refused
+        _remove(created)
+        raise _refused_answer(str(error), given=set(data)) from None
+    except OSError as error:
+        _remove(created)
+        raise Failure(f"cannot write {dest}: {error.strerror or error}") from None
+    except BaseException:
+        _remove(created)
+        raise
+    if source.published:
+        project.record_source(dest, *source.published)
+    if source.warning:
+        warn(source.warning)
+
+    given = worker.answers.combined
+    if not git:
+        repository = "no git repository (--no-git)"
+    elif had_files:  # a commit would take in files that are not the template's
+        repository = "no git repository (DEST had files already: commit what you want yourself)"
+    else:
+        repository = _make_repository(dest, given)
+    typer.echo(
+        f"Generated {dest}: command `{given['project_slug']}`, package "
+        f"`{given['package_name']}`, {repository}.\n"
+        f"Next: cd {shlex.quote(str(dest))} && pip install -e '.[dev]' && "
+        f"{given['project_slug']} train"
+    )
+
+
+def _check_destination(dest: Path, force: bool) -> Path | None:
+    """Refuse a DEST that cannot be made; return the first folder `new` creates, if any."""
+    parts = dest.parts
+    for index, part in enumerate(parts):
+        # a/nosuchdir/../x would create a/nosuchdir on the way, and leave it behind.
+        if part == ".." and index and not Path(*parts[:index]).is_dir():
+            raise typer.BadParameter(
+                f"{Path(*parts[:index])} does not exist, so {dest} cannot go through it; "
+                "give a path without '..'",
+                param_hint=["DEST"],
+            )
     if dest.exists() and not dest.is_dir():
-        raise typer.BadParameter(f"{dest} is a file; give a folder to create", param_hint="DEST")
+        raise typer.BadParameter(f"{dest} is a file; give a folder to create", param_hint=["DEST"])
     if dest.is_dir() and any(dest.iterdir()) and not force:
         raise typer.BadParameter(
             f"{dest} is not empty; choose a new folder, or pass --force to write into it "
             "(only files the template makes are overwritten)",
-            param_hint="DEST",
+            param_hint=["DEST"],
         )
-    data = {name: value for name, value in answers.items() if value is not None}
-    interactive = not defaults and sys.stdin.isatty() and sys.stdout.isatty()
-
-    from copier import run_copy
-    from copier.errors import DirtyLocalWarning
-
-    root = template_root()
-    with warnings.catch_warnings():
-        # From a git checkout, Copier renders HEAD plus uncommitted changes: expected here.
-        warnings.simplefilter("ignore", DirtyLocalWarning)
-        try:
-            run_copy(
-                str(root),
-                dest,
-                data=data,
-                # A checkout's HEAD, not its latest tag; a wheel's copy has no git at all.
-                vcs_ref="HEAD" if (root / ".git").exists() else None,
-                defaults=not interactive,
-                overwrite=force,
-                quiet=not interactive,
-            )
-        except ValueError as error:  # an answer that a copier.yml validator refused
-            raise _refused_answer(str(error)) from None
-    if not interactive:
-        typer.echo(f"Generated {dest}. Next: cd {dest} && pip install -e '.[dev]' && see README.md")
+    target = Path(os.path.normpath(os.path.abspath(dest)))
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise typer.BadParameter(
+            f"{existing} is a file, so {dest} cannot be made under it; give another folder",
+            param_hint=["DEST"],
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise typer.BadParameter(
+            f"cannot create {dest}: {existing} is not writable; give a folder you can write to",
+            param_hint=["DEST"],
+        )
+    if existing == target:
+        return None
+    return existing / target.relative_to(existing).parts[0]
 
 
-def _refused_answer(message: str) -> typer.BadParameter:
-    """Copier's "Validation error for question 'x': why" as a usage error on --x."""
+def _remove(created: Path | None) -> None:
+    if created is not None and created.exists():
+        shutil.rmtree(created, ignore_errors=True)
+
+
+def _make_repository(dest: Path, answers: dict) -> str:
+    """`git init` and a first commit; says what was done, for the final message."""
+    from generator import project
+
+    if not shutil.which("git"):
+        warn("git not found: make the project a repository before `copier update` needs it")
+        return "no git repository (git not found)"
+    outer = project.work_tree_of(dest.parent)
+    if outer is not None:
+        return f"inside the git work tree {outer} (commit it there; no nested repository made)"
+    message = f"Generated by torch-scaffold {__version__}: " + ", ".join(
+        answers[axis] for axis in MATRIX_AXES
+    )
+    try:
+        project.make_repository(dest, answers["author_name"], answers["author_email"], message)
+    except project.GitError as error:
+        warn(f"git could not make the first commit ({error}); commit the project yourself")
+        return "a git repository without a commit"
+    return "a git repository with a first commit"
+
+
+def _refused_answer(message: str, given: set[str]) -> typer.BadParameter:
+    """Copier's "Validation error for question 'x': why" as a usage error on the right flag.
+
+    A derived name is blamed on where it came from: the package name on --name (or DEST),
+    the project name on DEST when no --name was given.
+    """
     message = message.strip().splitlines()[-1]
     match = re.match(r"Validation error for question '(\w+)': (.*)", message)
     if not match:
         return typer.BadParameter(message)
-    flag = next((q.flag for q in load_questions() if q.name == match[1]), match[1])
-    return typer.BadParameter(match[2], param_hint=flag)
+    name, reason = match[1], match[2]
+    flags = {q.name: q.flag for q in load_questions()}
+    if name == "package_name" and name not in given:
+        problem = reason.rsplit(": ", 1)[0]
+        if "project_name" in given:
+            return typer.BadParameter(
+                f"its package name {problem}; choose another --name, or pass --package-name NAME",
+                param_hint=["--name"],
+            )
+        return typer.BadParameter(
+            f"the project is named after this folder, and its package name {problem}; "
+            "pass --name NAME or --package-name NAME",
+            param_hint=["DEST"],
+        )
+    if name == "project_name" and name not in given:
+        return typer.BadParameter(
+            f"the project is named after this folder: {reason}; or pass --name NAME",
+            param_hint=["DEST"],
+        )
+    return typer.BadParameter(reason, param_hint=[flags.get(name, name)])
 
 
-def _new_signature() -> inspect.Signature:
-    """`new`'s parameters: DEST, --defaults, --force, and one flag per copier.yml question."""
-    params = [
-        inspect.Parameter(
-            "dest",
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            annotation=Annotated[
-                Path, typer.Argument(metavar="DEST", help="Folder to create the project in.")
-            ],
-        ),
-        inspect.Parameter(
-            "defaults",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=False,
-            annotation=Annotated[
-                bool, typer.Option("--defaults", help="Take defaults for every missing answer.")
-            ],
-        ),
-        inspect.Parameter(
-            "force",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=False,
-            annotation=Annotated[
-                bool, typer.Option("--force", help="Write into a folder that is not empty.")
-            ],
-        ),
+# --- scaffold update ---------------------------------------------------------------------
+
+
+def update(project_dir: Path, vcs_ref: str | None, defaults: bool, **answers: str | None) -> None:
+    """Bring template changes into PROJECT (default: here), keeping your edits.
+
+    Answer flags switch an existing project: `scaffold update --framework raw` changes the
+    engine and what depends on it, and keeps your model, data and config. The work tree must
+    be committed first; after the update, files with conflict markers are listed (exit code 1).
+    """
+    from generator import project
+
+    answers_file = project_dir / project.ANSWERS_FILE
+    if not answers_file.is_file():
+        raise typer.BadParameter(
+            f"{project_dir} has no {project.ANSWERS_FILE}: give the folder of a project made "
+            "by torch-scaffold",
+            param_hint=["PROJECT"],
+        )
+    if project.work_tree_of(project_dir) is None:
+        raise typer.BadParameter(
+            f"{project_dir} is not in a git repository, which an update needs; run "
+            "`git init && git add -A && git commit -m 'Generated by torch-scaffold'` there first",
+            param_hint=["PROJECT"],
+        )
+    dirty = project.changed_files(project_dir)
+    if dirty:
+        raise typer.BadParameter(
+            f"{project_dir} has uncommitted changes ({project.summary(dirty)}); "
+            "commit or stash them, then update",
+            param_hint=["PROJECT"],
+        )
+    before = project.read_answers(project_dir)
+    if not before.get("_src_path") or not before.get("_commit"):
+        raise Failure(
+            f"{answers_file} does not say which template version made the project "
+            f"(_src_path and _commit); set them, e.g. _src_path: {project.public_url()} "
+            "and _commit: the release tag it was made from"
+        )
+    data = {name: value for name, value in answers.items() if value is not None}
+    here = Path.cwd()
+    os.chdir(project_dir)  # a relative _src_path is relative to the project
+    try:
+        ref, warning = project.update_ref(before["_src_path"], before["_commit"], vcs_ref)
+        if warning:
+            warn(warning)
+        _run_update(data, ref, defaults)
+    except project.SourceError as error:
+        raise Failure(str(error)) from None
+    finally:
+        os.chdir(here)
+
+    after = project.read_answers(project_dir)
+    changed = project.changed_files(project_dir)
+    switched = [
+        f"{name} {before.get(name)} -> {after.get(name)}"
+        for name in data
+        if before.get(name) != after.get(name)
     ]
+    name = project_dir.resolve().name if str(project_dir) == "." else project_dir
+    typer.echo(
+        f"Updated {name}: template {before['_commit']} -> {after.get('_commit')}"
+        + "".join(f", {change}" for change in switched)
+        + f"; {len(changed)} file(s) changed"
+        + (": review them with `git diff`, then commit." if changed else ".")
+    )
+    conflicts = project.conflict_markers(project_dir, changed)
+    for name, line, text in conflicts:
+        typer.echo(f"conflict: {name} (line {line}: {text[:40]})", err=True)
+    if conflicts:
+        raise Failure(
+            f"{len(conflicts)} file(s) hold conflict markers from the update: resolve them "
+            "(keep the lines you want between <<<<<<< and >>>>>>>), then commit"
+        )
+
+
+def _run_update(data: dict[str, str], ref: str | None, defaults: bool) -> None:
+    from copier import run_update
+    from copier.errors import CopierError
+
+    try:
+        with _copier_warnings_silenced():
+            run_update(
+                ".",
+                data=data,
+                vcs_ref=ref,
+                defaults=not _terminal(defaults),
+                skip_answered=True,  # ask only questions the project has no answer to
+                overwrite=True,
+                conflict="inline",
+                quiet=True,
+                unsafe=False,
+            )
+    except ValueError as error:
+        raise _refused_answer(str(error), given=set(data) | {"project_name"}) from None
+    except CopierError as error:
+        raise Failure(str(error).strip().splitlines()[-1]) from None
+
+
+# --- the commands' parameters, one flag per copier.yml question -------------------------
+
+
+def _question_parameters(for_update: bool = False) -> list[inspect.Parameter]:
+    params = []
     for question in load_questions():
         # A Literal of the choices makes typer refuse other values and list the valid ones.
         kind = Literal[question.choices] if question.choices else str
-        help_text = question.help + (f" [default: {question.default}]" if question.default else "")
+        if for_update:  # no default: a flag left out keeps the project's answer
+            help_text = question.help + " [changes the project's answer]"
+        else:
+            default = f" [default: {question.default}]" if question.default else ""
+            help_text = question.help + default
         params.append(
             inspect.Parameter(
                 question.name,
@@ -138,11 +362,81 @@ def _new_signature() -> inspect.Signature:
                 ],
             )
         )
-    return inspect.Signature(params)
+    return params
+
+
+def _option(name: str, default, annotation) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
+def _defaults_option() -> inspect.Parameter:
+    return _option(
+        "defaults",
+        False,
+        Annotated[bool, typer.Option("--defaults", help="Take defaults for every missing answer.")],
+    )
+
+
+def _new_signature() -> inspect.Signature:
+    """`new`'s parameters: DEST, --defaults, --force, --no-git, and a flag per question."""
+    dest = inspect.Parameter(
+        "dest",
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        annotation=Annotated[
+            Path,
+            typer.Argument(metavar="DEST", help="Folder to create; the project is named after it."),
+        ],
+    )
+    force = _option(
+        "force",
+        False,
+        Annotated[bool, typer.Option("--force", help="Write into a folder that is not empty.")],
+    )
+    git = _option(
+        "git",
+        True,
+        Annotated[
+            bool,
+            typer.Option("--git/--no-git", help="Make DEST a git repository with a first commit."),
+        ],
+    )
+    return inspect.Signature([dest, _defaults_option(), force, git, *_question_parameters()])
+
+
+def _update_signature() -> inspect.Signature:
+    """`update`'s parameters: PROJECT, --vcs-ref, --defaults, and a flag per question."""
+    project_dir = inspect.Parameter(
+        "project_dir",
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=Path("."),
+        annotation=Annotated[
+            Path,
+            typer.Argument(metavar="PROJECT", help="The project to update.", show_default="here"),
+        ],
+    )
+    vcs_ref = _option(
+        "vcs_ref",
+        None,
+        Annotated[
+            Optional[str],  # noqa: UP045 - typer reads this annotation at run time
+            typer.Option(
+                "--vcs-ref",
+                help="Template version to update to (a tag or commit; :current: keeps the "
+                "project's). Default: the latest release, or a checkout's last commit.",
+                show_default=False,
+            ),
+        ],
+    )
+    questions = _question_parameters(for_update=True)
+    return inspect.Signature([project_dir, vcs_ref, _defaults_option(), *questions])
 
 
 new.__signature__ = _new_signature()
 app.command()(new)
+update.__signature__ = _update_signature()
+app.command()(update)
 
 
 @app.command("matrix")
@@ -164,10 +458,10 @@ def main() -> None:
     """Console-script entry point: a usage error is one line on stderr and exit code 2."""
     try:
         code = app(standalone_mode=False)
-    except typer.TyperException as error:  # bad flags or values, a refused answer
+    except typer.TyperException as error:  # bad flags or values, a refused answer, a failure
         typer.echo(f"error: {error.format_message()}", err=True)
         sys.exit(error.exit_code)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(1)
     sys.exit(code or 0)

@@ -160,3 +160,43 @@ def assert_learned(task: str, metrics: dict[str, float], meta: dict) -> None:
 
 def run_files(run_dir: Path) -> set[str]:
     return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+
+
+# --- a project's life: template repositories, git, `scaffold` run from a given checkout ----
+
+# The files of a torch-scaffold clone that generating, updating and building a wheel need.
+CHECKOUT_FILES = ("copier.yml", "template", "generator", "pyproject.toml", "README.md")
+
+
+def git(*args: str, cwd) -> str:
+    """git with an identity of its own: test machines may have none."""
+    return run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd).stdout
+
+
+def make_template_repo(path: Path, tag: str) -> Path:
+    """A git clone of torch-scaffold as this working tree has it, committed and tagged."""
+    path.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in CHECKOUT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, path / name, ignore=ignore)
+        else:
+            shutil.copy(source, path / name)
+    git("init", "--quiet", cwd=path)
+    git("add", "--all", cwd=path)
+    git("commit", "--quiet", "-m", "torch-scaffold", cwd=path)
+    git("tag", tag, cwd=path)
+    return path
+
+
+def scaffold_from(checkout: Path, *args: str, cwd, env: dict[str, str] | None = None):
+    """`scaffold ARGS` as run from a torch-scaffold clone at `checkout` (exit code unchecked)."""
+    return run(
+        [sys.executable, "-m", "generator", *args],
+        cwd=cwd,
+        check=False,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        env={"PYTHONPATH": str(checkout), **(env or {})},
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -31,11 +32,12 @@ def answers(project) -> dict:
     return yaml.safe_load((project / ".copier-answers.yml").read_text())
 
 
-def test_help_lists_a_flag_per_question_and_imports_no_framework():
+@pytest.mark.parametrize("command", ["new", "update"])
+def test_help_lists_a_flag_per_question_and_imports_no_framework(command):
     code = (
         "import sys\n"
         "from generator.cli import main\n"
-        "sys.argv = ['scaffold', 'new', '--help']\n"
+        f"sys.argv = ['scaffold', '{command}', '--help']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "heavy = {'torch', 'lightning', 'copier'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
@@ -91,8 +93,9 @@ def test_new_without_a_terminal_takes_the_defaults(tmp_path):
     given = answers(tmp_path / "proj")
     for question in load_questions():
         if question.default is not None:
-            assert given[question.name] == question.default
-    assert (tmp_path / "proj/src/my_project/cli.py").is_file()
+            assert given[question.name] == question.default, question.name
+    assert given["project_name"] == "proj"  # named after its folder
+    assert (tmp_path / "proj/src/proj/cli.py").is_file()
 
 
 def spawn_in_terminal(*args: str, cwd) -> pexpect.spawn:
@@ -146,6 +149,26 @@ def test_in_a_terminal_a_missing_answer_is_asked_for(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_in_a_terminal_the_name_prompt_proposes_the_folder_name(tmp_path):
+    given = every_answer(but="project_name")
+    given.pop("package_name")  # proposed too, derived from the name
+    child = spawn_in_terminal("new", "foo-bar", *as_flags(given), cwd=tmp_path)
+    try:
+        child.expect("Project name")
+        child.expect("foo-bar")  # the proposed answer
+        child.send("\r")
+        child.expect("Python import name")
+        child.expect("foo_bar")  # and the package name derived from it
+        child.send("\r")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.logfile_read.getvalue()
+    written = answers(tmp_path / "foo-bar")
+    assert (written["project_name"], written["package_name"]) == ("foo-bar", "foo_bar")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
 def test_in_a_terminal_with_every_answer_given_nothing_is_asked(tmp_path):
     given = every_answer()
     child = spawn_in_terminal("new", "proj", *as_flags(given), cwd=tmp_path)
@@ -165,8 +188,8 @@ def test_in_a_terminal_with_every_answer_given_nothing_is_asked(tmp_path):
         (["--hardware", "tpu"], "'tpu' is not one of 'cpu', 'gpu', 'multi-gpu', 'mps'"),
         (["--package-name", "class"], "'class' is a Python keyword"),
         (["--package-name", "torch"], "would shadow the standard library or a dependency"),
-        (["--package-name", "2fast"], "is not a Python identifier"),
-        (["--name", "a project name far longer than a package name should be"], "at most"),
+        (["--package-name", "2fast"], "is not a package name"),
+        (["--name", "a project name far longer than a package name should be"], "more than 40"),
         (["--author-email", "nobody"], "is not an e-mail address"),
         (["--bogus"], "No such option: --bogus"),
     ],
@@ -195,7 +218,7 @@ def test_a_non_empty_destination_is_refused_and_left_alone(tmp_path):
     result = scaffold("new", str(dest), "--defaults", "--force")
     assert result.returncode == 0, result.stderr
     assert (dest / "notes.txt").read_text() == "my notes"  # not the template's: kept
-    assert (dest / "src/my_project/engine.py").is_file()
+    assert (dest / "src/mine/engine.py").is_file()
 
 
 def test_matrix_lists_every_combination():
@@ -215,3 +238,75 @@ def test_matrix_json_is_a_github_actions_strategy_matrix():
     assert list(matrix) == ["include"]
     assert matrix["include"] == COMBINATIONS
     assert all(set(row) == {"task", "framework", "hardware"} for row in matrix["include"])
+
+
+def git_log(project) -> list[str]:
+    return subprocess.run(
+        ["git", "log", "--format=%an <%ae>|%s"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+
+
+def test_a_project_is_named_after_its_folder_and_is_a_git_repository(tmp_path):
+    result = scaffold("new", "foo-bar", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    project = tmp_path / "foo-bar"
+    given = answers(project)
+    assert (given["project_name"], given["package_name"]) == ("foo-bar", "foo_bar")
+    assert 'foo-bar = "foo_bar.cli:main"' in (project / "pyproject.toml").read_text()
+    assert (project / "src/foo_bar/cli.py").is_file()
+    assert "cd foo-bar && pip install -e '.[dev]' && foo-bar train" in result.stdout
+    (commit,) = git_log(project)
+    assert commit.endswith(
+        "|Generated by torch-scaffold " + __version__ + ": image-classification, lightning, cpu"
+    )
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True
+    )
+    assert status.stdout == ""  # every generated file is in that commit
+
+
+def test_the_name_flag_wins_over_the_folder_name(tmp_path):
+    result = scaffold("new", "foo-bar", "--name", "Other Thing", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert answers(tmp_path / "foo-bar")["package_name"] == "other_thing"
+    assert "&& other-thing train" in result.stdout
+
+
+def test_the_first_commit_needs_no_git_identity(tmp_path):
+    # A CI machine: no global or system git configuration at all.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("GIT_AUTHOR", "GIT_COMMITTER", "EMAIL"))
+    }
+    env.update(HOME=str(tmp_path), GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "generator", "new", "proj", "--author-name", "Ada L"]
+        + ["--author-email", "ada@example.org"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert git_log(tmp_path / "proj")[0].startswith("Ada L <ada@example.org>|")
+    assert not (tmp_path / ".gitconfig").exists()  # the user's configuration is left alone
+
+
+def test_inside_another_work_tree_no_nested_repository_is_made(tmp_path):
+    subprocess.run(["git", "init", "--quiet", str(tmp_path / "outer")], check=True)
+    result = scaffold("new", "inner", cwd=tmp_path / "outer")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "outer/inner/.git").exists()
+    assert "inside the git work tree" in result.stdout
+
+
+def test_no_git_makes_no_repository(tmp_path):
+    result = scaffold("new", "proj", "--no-git", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "proj/.git").exists()

@@ -1,57 +1,304 @@
-"""`copier update` brings a new template version into a generated project, keeping edits."""
+"""A project's life: template changes reach it by `copier update` or `scaffold update`, from
+every kind of source, keeping the user's edits; conflicts are shown; the framework switches."""
 
 from __future__ import annotations
 
-import shutil
+import re
+import subprocess
+import sys
 
+import pytest
 import yaml
-from conftest import run
+from conftest import git, install, make_template_repo, run, scaffold_from
 
-from generator.questions import template_root
+from generator import __version__
+
+# How long a generated project trains in these tests: as little as possible.
+SHORT = ["--accelerator", "cpu", "--set", "train.epochs=1"]
+TAG = f"v{__version__}"
+NEXT_TAG = f"v{__version__}.1"
 
 
-def git(*args: str, cwd) -> str:
-    return run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd).stdout
+def answers(project) -> dict:
+    return yaml.safe_load((project / ".copier-answers.yml").read_text())
 
 
-def test_update_keeps_the_users_edits(tmp_path):
-    from copier import run_copy, run_update
+def commit_all(cwd, message: str) -> None:
+    git("add", "--all", cwd=cwd)
+    git("commit", "--quiet", "-m", message, cwd=cwd)
 
-    template = tmp_path / "template-repo"
-    template.mkdir()
-    shutil.copy(template_root() / "copier.yml", template)
-    shutil.copytree(template_root() / "template", template / "template")
-    git("init", "--quiet", cwd=template)
-    git("add", "-A", cwd=template)
-    git("commit", "--quiet", "-m", "v1", cwd=template)
-    git("tag", "v1", cwd=template)
 
-    project = tmp_path / "project"
-    run_copy(str(template), project, data={"task": "text-classification"}, defaults=True)
-    git("init", "--quiet", cwd=project)
-    git("add", "-A", cwd=project)
-    git("commit", "--quiet", "-m", "generated", cwd=project)
-    # The user's own work: a changed default and a new section in the README.
+def edit_project(project) -> None:
+    """The user's own work: a changed setting and a new README section."""
     config = project / "configs" / "default.yaml"
-    config.write_text(config.read_text().replace("epochs: 10", "epochs: 25"))
+    text, count = re.subn(r"batch_size: \d+", "batch_size: 48", config.read_text())
+    assert count == 1
+    config.write_text(text)
     readme = project / "README.md"
     readme.write_text(readme.read_text() + "\n## Our results\n\n92% on the team's data.\n")
-    git("commit", "--quiet", "-am", "our settings", cwd=project)
+    commit_all(project, "our settings")
 
-    # The template moves on: a new line in .gitignore, and a new comment in default.yaml.
+
+def release_a_change(template) -> None:
+    """The template moves on, away from the user's edits: the next release."""
     gitignore = template / "template" / ".gitignore"
     gitignore.write_text(gitignore.read_text() + "wandb/\n")
     default = template / "template" / "configs" / "default.yaml.jinja"
     default.write_text(default.read_text() + "# tuned on 2026-11-27\n")
-    git("commit", "--quiet", "-am", "v2", cwd=template)
-    git("tag", "v2", cwd=template)
+    commit_all(template, "next release")
+    git("tag", NEXT_TAG, cwd=template)
+
+
+def assert_updated(project) -> None:
+    assert "wandb/" in (project / ".gitignore").read_text()  # the template's change arrived
+    config = (project / "configs" / "default.yaml").read_text()
+    assert "# tuned on 2026-11-27" in config
+    assert "batch_size: 48" in config  # the user's edits survived
+    assert "92% on the team's data." in (project / "README.md").read_text()
+    assert answers(project)["_commit"] == NEXT_TAG
+    assert not list(project.rglob("*.rej"))
+
+
+@pytest.fixture
+def template(tmp_path):
+    return make_template_repo(tmp_path / "torch-scaffold", TAG)
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """Where the user works; Copier's cache of remote templates stays in the test's folder."""
+    monkeypatch.setenv("COPIER_CACHE_DIR", str(tmp_path / "copier-cache"))
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return folder
+
+
+def test_update_from_the_checkout_scaffold_new_ran_from(template, work):
+    made = scaffold_from(template, "new", "proj", cwd=work)
+    assert made.returncode == 0, made.stderr
+    project = work / "proj"
+    assert answers(project)["_src_path"] == str(template)
+    assert answers(project)["_commit"] == TAG
+    edit_project(project)
+    release_a_change(template)
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert_updated(project)
+    assert "review them with `git diff`, then commit" in result.stdout
+
+
+def test_update_from_a_relative_checkout_path_works_from_inside_the_project(template, work):
+    # `copier copy ../torch-scaffold sub/proj`: a path relative to where copy ran.
+    run(
+        [sys.executable, "-m", "copier", "copy", "--defaults", "--quiet"]
+        + ["../torch-scaffold", "sub/proj"],
+        cwd=work,
+        stdin=subprocess.DEVNULL,
+    )
+    project = work / "sub" / "proj"
+    assert answers(project)["_src_path"] == "../../../torch-scaffold"  # from the project
+    git("init", "--quiet", cwd=project)
+    commit_all(project, "generated")
+    edit_project(project)
+    release_a_change(template)
+
+    result = scaffold_from(template, "update", cwd=project)  # PROJECT defaults to here
+    assert result.returncode == 0, result.stderr
+    assert_updated(project)
+
+
+def test_update_from_a_git_url(template, work):
+    run(
+        [sys.executable, "-m", "copier", "copy", "--defaults", "--quiet"]
+        + [f"git+file://{template}", "proj"],
+        cwd=work,
+        stdin=subprocess.DEVNULL,
+    )
+    project = work / "proj"
+    assert answers(project)["_commit"] == TAG
+    git("init", "--quiet", cwd=project)
+    commit_all(project, "generated")
+    edit_project(project)
+    release_a_change(template)
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert_updated(project)
+
+
+def test_plain_copier_update_keeps_the_users_edits(template, work):
+    from copier import run_copy, run_update
+
+    project = work / "project"
+    run_copy(str(template), project, data={"task": "text-classification"}, defaults=True)
+    git("init", "--quiet", cwd=project)
+    commit_all(project, "generated")
+    edit_project(project)
+    release_a_change(template)
 
     run_update(project, defaults=True, overwrite=True, unsafe=False, quiet=True)
+    assert_updated(project)
+    assert answers(project)["task"] == "text-classification"
 
-    assert "wandb/" in (project / ".gitignore").read_text()
-    updated = config.read_text()
-    assert "epochs: 25" in updated and "# tuned on 2026-11-27" in updated
-    assert "92% on the team's data." in readme.read_text()
-    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
-    assert answers["_commit"] == "v2"
-    assert answers["task"] == "text-classification"
+
+def test_an_overlapping_edit_is_a_named_conflict_that_training_reports(template, work):
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
+    project = work / "proj"
+    config = project / "configs" / "default.yaml"
+    config.write_text(config.read_text() + "# ours: keep the batch small\n")
+    commit_all(project, "our note")
+    default = template / "template" / "configs" / "default.yaml.jinja"
+    default.write_text(default.read_text() + "# theirs: tuned on 2026-11-27\n")
+    commit_all(template, "next release")
+    git("tag", NEXT_TAG, cwd=template)
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    assert result.returncode == 1, result.stdout + result.stderr
+    text = config.read_text()
+    assert "# ours: keep the batch small" in text and "# theirs: tuned on 2026-11-27" in text
+    line = next(n for n, s in enumerate(text.splitlines(), start=1) if s.startswith("<<<<<<<"))
+    assert f"conflict: configs/default.yaml (line {line}: <<<<<<<" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 file(s) hold conflict markers") and "then commit" in last
+    assert "Traceback" not in result.stderr
+
+    # The project's own config reader names the file, the line and the fix.
+    read = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from proj.config import load_config\n" "load_config('configs/default.yaml')",
+        ],
+        cwd=project,
+        env={"PYTHONPATH": str(project / "src")},
+        capture_output=True,
+        text=True,
+    )
+    assert read.returncode != 0
+    assert (
+        f"configs/default.yaml has unresolved merge conflict markers (line {line}: <<<<<<<"
+        in read.stderr
+    )
+    assert "resolve them, then commit" in read.stderr
+
+
+def test_a_dirty_template_checkout_renders_its_last_commit_and_the_project_updates(template, work):
+    gitignore = template / "template" / ".gitignore"
+    gitignore.write_text(gitignore.read_text() + "dirty/\n")  # not committed
+
+    made = scaffold_from(template, "new", "proj", cwd=work)
+    assert made.returncode == 0, made.stderr
+    assert "has uncommitted changes (template/.gitignore)" in made.stderr
+    assert "without them" in made.stderr
+    project = work / "proj"
+    assert "dirty/" not in (project / ".gitignore").read_text()
+    assert answers(project)["_commit"] == TAG  # a commit that exists
+
+    commit_all(template, "dirty/ ignored")
+    git("tag", NEXT_TAG, cwd=template)
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "dirty/" in (project / ".gitignore").read_text()
+    assert answers(project)["_commit"] == NEXT_TAG
+
+
+def test_a_commit_that_the_checkout_lacks_is_one_line(template, work):
+    # Plain `copier copy` of a dirty checkout's HEAD records a commit of its temporary clone.
+    (template / "template" / "NOTES.md").write_text("draft\n")
+    run(
+        [sys.executable, "-m", "copier", "copy", "--defaults", "--quiet", "--vcs-ref", "HEAD"]
+        + [str(template), "proj"],
+        cwd=work,
+        stdin=subprocess.DEVNULL,
+    )
+    project = work / "proj"
+    git("init", "--quiet", cwd=project)
+    commit_all(project, "generated")
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "which" in result.stderr and "does not have" in result.stderr
+    assert "set _commit in .copier-answers.yml" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["dirty", "not a project", "not a repository"])
+def test_update_refuses_what_it_cannot_update_in_one_line(case, template, work):
+    project = work / "proj"
+    if case == "not a project":
+        project.mkdir()
+    else:
+        git_flag = ["--no-git"] if case == "not a repository" else []
+        assert scaffold_from(template, "new", "proj", *git_flag, cwd=work).returncode == 0
+    if case == "dirty":
+        (project / "notes.txt").write_text("mine")
+        (project / "README.md").write_text("changed")
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    says = {
+        "dirty": "has uncommitted changes (README.md, notes.txt); commit or stash them",
+        "not a project": "has no .copier-answers.yml",
+        "not a repository": "is not in a git repository",
+    }
+    assert says[case] in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_switching_the_framework_both_ways_keeps_the_users_code(template, work, tmp_path):
+    made = scaffold_from(template, "new", "proj", "--task", "tabular-regression", cwd=work)
+    assert made.returncode == 0, made.stderr
+    project = work / "proj"
+    src = project / "src" / "proj"
+    # The user's own code and settings, in the files both engines share.
+    with (src / "model.py").open("a") as file:
+        file.write("\n\ndef our_model_helper() -> int:\n    return 42\n")
+    with (src / "data.py").open("a") as file:
+        file.write("\n\nOUR_DATA_NOTE = 'cleaned by us'\n")
+    config = project / "configs" / "default.yaml"
+    config.write_text(re.sub(r"batch_size: \d+", "batch_size: 48", config.read_text()))
+    commit_all(project, "our model, data and settings")
+
+    engines = {"lightning": (src / "engine.py").read_text()}
+    for framework in ("raw", "lightning"):
+        result = scaffold_from(template, "update", "proj", "--framework", framework, cwd=work)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"framework {'lightning' if framework == 'raw' else 'raw'} -> {framework}" in (
+            result.stdout
+        )
+        assert answers(project)["framework"] == framework
+        pyproject = (project / "pyproject.toml").read_text()
+        assert ('"lightning>=' in pyproject) == (framework == "lightning")
+        engines.setdefault(framework, (src / "engine.py").read_text())
+        assert "def our_model_helper" in (src / "model.py").read_text()
+        assert "OUR_DATA_NOTE = 'cleaned by us'" in (src / "data.py").read_text()
+        assert "batch_size: 48" in config.read_text()
+        assert not list(project.rglob("*.rej"))
+        commit_all(project, f"switched to {framework}")
+
+        installed = install(project, tmp_path / f"venv-{framework}")
+        installed.run("train", *SHORT, "--name", framework)
+        assert (project / "runs" / framework / "checkpoints" / "last.ckpt").is_file()
+        run([str(installed.python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project)
+    assert engines["raw"] != engines["lightning"]
+    assert (src / "engine.py").read_text() == engines["lightning"]  # back where it started
+
+
+def test_a_project_that_records_no_template_version_is_one_line(template, work):
+    # What a project made from the wheel by an older `scaffold` records: a site-packages path.
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
+    project = work / "proj"
+    recorded = answers(project)
+    del recorded["_commit"]
+    recorded["_src_path"] = "/venv/lib/python3.11/site-packages/generator/_template"
+    (project / ".copier-answers.yml").write_text(yaml.safe_dump(recorded))
+    commit_all(project, "as an older scaffold made it")
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "does not say which template version made the project" in result.stderr
+    assert "_commit" in result.stderr

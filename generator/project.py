@@ -1,0 +1,268 @@
+"""What `scaffold new` and `scaffold update` do around Copier: the template's source, git.
+
+Nothing here imports Copier, so `scaffold --help` stays quick.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from generator import __version__
+from generator.questions import template_root
+
+DISTRIBUTION = "torch-scaffold"
+# Where a project made from the installed wheel takes its updates from: the `Source` URL of the
+# package metadata ([project.urls] in pyproject.toml), unless this variable names another one.
+TEMPLATE_URL_ENV = "TORCH_SCAFFOLD_TEMPLATE_URL"
+ANSWERS_FILE = ".copier-answers.yml"
+CONFLICT_MARKERS = (b"<<<<<<<", b"=======", b">>>>>>>")
+
+
+def release_tag(version: str = __version__) -> str:
+    """The git tag of a release: v0.1.0."""
+    return f"v{version}"
+
+
+@dataclass(frozen=True)
+class Source:
+    """What Copier renders from, and what the answers file should record of it."""
+
+    path: Path
+    vcs_ref: str | None  # the commit to render, for a git checkout
+    published: tuple[str, str] | None  # (git URL, tag) to record, for the wheel's copy
+    warning: str | None = None
+
+
+def template_source() -> Source:
+    """The template this `scaffold` carries: a git checkout at its last commit, or the wheel's copy.
+
+    A checkout is rendered at HEAD, without uncommitted changes, so that the `_commit` recorded
+    in the answers exists and `copier update` can find it again.
+    """
+    root = template_root()
+    head = None
+    if (root / ".git").exists() and shutil.which("git"):
+        try:
+            head = git(root, "rev-parse", "HEAD")
+        except GitError:  # a repository without a commit yet: render the folder as it is
+            pass
+    if head is not None:
+        changed = changed_files(root, "copier.yml", "template")
+        warning = None
+        if changed:
+            warning = (
+                f"the template checkout {root} has uncommitted changes ({summary(changed)}); "
+                f"rendered its last commit {head[:7]} without them: commit them to include them"
+            )
+        return Source(root, head, None, warning)
+    published = published_template()
+    warning = None
+    if published is None:
+        warning = (
+            f"no template URL in the {DISTRIBUTION} package metadata: "
+            "`copier update` will not find this project's template"
+        )
+    return Source(root, None, published, warning)
+
+
+def published_template() -> tuple[str, str] | None:
+    """The public git URL of the template and the tag of this release, from package metadata."""
+    url = os.environ.get(TEMPLATE_URL_ENV)
+    if not url:
+        from importlib.metadata import PackageNotFoundError, metadata
+
+        try:
+            entries = metadata(DISTRIBUTION).get_all("Project-URL") or []
+        except PackageNotFoundError:
+            return None
+        urls = dict(entry.split(", ", 1) for entry in entries if ", " in entry)
+        url = urls.get("Source")
+    return (url, release_tag()) if url else None
+
+
+def public_url() -> str:
+    """The template's git URL, for messages."""
+    published = published_template()
+    return published[0] if published else "<the template's git URL>"
+
+
+class SourceError(Exception):
+    """The template a project records cannot be updated from; the message says why and how."""
+
+
+def update_ref(src: str, commit: str, requested: str | None) -> tuple[str | None, str | None]:
+    """The template version an update goes to, and a warning to show, if any.
+
+    A local checkout: its last commit (Copier would take the latest tag, a downgrade for a
+    project made from a later commit, or HEAD with uncommitted changes, a commit that does
+    not exist). A git URL: Copier's choice, the latest release tag. `:current:` keeps the
+    project's version, to change answers only.
+    """
+    if requested == ":current:":
+        return commit, None
+    if requested:
+        return requested, None
+    checkout = Path(src).expanduser()
+    if not (checkout / ".git").exists():
+        return None, None
+    try:
+        git(checkout, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
+    except GitError:
+        raise SourceError(
+            f"the project records template commit {commit}, which {checkout} does not have "
+            f"(made from uncommitted changes?); set _commit in {ANSWERS_FILE} to the commit "
+            "it was made from, and commit that"
+        ) from None
+    head = git(checkout, "rev-parse", "HEAD")
+    changed = changed_files(checkout, "copier.yml", "template")
+    warning = None
+    if changed:
+        warning = (
+            f"the template checkout {checkout} has uncommitted changes ({summary(changed)}); "
+            f"updating to its last commit {head[:7]} without them"
+        )
+    return head, warning
+
+
+def read_answers(project: Path) -> dict:
+    return yaml.safe_load((project / ANSWERS_FILE).read_text(encoding="utf-8")) or {}
+
+
+def record_source(project: Path, url: str, ref: str) -> None:
+    """Point the answers file at the published template, for a project made from the wheel."""
+    path = project / ANSWERS_FILE
+    text = path.read_text(encoding="utf-8")
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    answers = yaml.safe_load(text)
+    answers.update(_src_path=url, _commit=ref)
+    body = yaml.safe_dump(answers, allow_unicode=True, default_flow_style=False, width=1000)
+    path.write_text(header + body, encoding="utf-8")
+
+
+def importable_modules() -> list[str]:
+    """Top-level names importable here: built-in, standard library, and every sys.path folder.
+
+    The current folder is left out: it is where the project goes, not what it runs with.
+    """
+    from importlib.machinery import all_suffixes
+
+    names = set(sys.builtin_module_names) | set(sys.stdlib_module_names)
+    suffixes = tuple(all_suffixes())
+    here = {"", os.getcwd()}
+    for folder in sys.path:
+        if os.path.abspath(folder) in here or not os.path.isdir(folder):
+            continue
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.endswith(suffixes):
+                    name = entry.name.partition(".")[0]
+                elif entry.is_dir():
+                    name = entry.name
+                else:
+                    continue
+                if name.isidentifier():
+                    names.add(name)
+    return sorted(names)
+
+
+# --- git -------------------------------------------------------------------------------
+
+
+class GitError(Exception):
+    """A git command failed; the message is its last line of output."""
+
+
+def git(cwd: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines() or [f"git {args[0]} failed"]
+        raise GitError(lines[-1])
+    return result.stdout.strip()
+
+
+def work_tree_of(path: Path) -> Path | None:
+    """The top of the git work tree that holds `path` (or its nearest existing parent)."""
+    folder = nearest_existing(path)
+    if not shutil.which("git") or not folder.is_dir():
+        return None
+    try:
+        return Path(git(folder, "rev-parse", "--show-toplevel"))
+    except GitError:
+        return None
+
+
+def nearest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def changed_files(repo: Path, *paths: str) -> list[str]:
+    """Files with uncommitted changes (untracked ones included), relative to `repo`."""
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "-z", "--untracked-files=all", "--", *(paths or ".")],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    top = Path(git(repo, "rev-parse", "--show-toplevel")) if out else repo
+    files, skip = [], False
+    for entry in out.split("\0"):
+        if skip or not entry:  # a rename's second name
+            skip = False
+            continue
+        status, name = entry[:2], entry[3:]
+        skip = "R" in status or "C" in status
+        files.append(os.path.relpath(top / name, Path(repo).resolve()))
+    return files
+
+
+def summary(names: list[str], shown: int = 4) -> str:
+    """'a, b, c and 3 more'."""
+    head = ", ".join(names[:shown])
+    return head + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def make_repository(project: Path, author_name: str, author_email: str, message: str) -> None:
+    """`git init` and a first commit of everything, with the author answers as a fallback identity.
+
+    The user's own git identity is used when there is one; their configuration is never changed.
+    """
+    git(project, "init", "--quiet")
+    identity = []
+    for key, fallback in (("user.name", author_name), ("user.email", author_email)):
+        try:
+            git(project, "config", key)
+        except GitError:  # not set anywhere: only for this commit
+            identity += ["-c", f"{key}={fallback}"]
+    git(project, "add", "--all")
+    git(project, *identity, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message)
+
+
+def conflict_markers(project: Path, files: list[str]) -> list[tuple[str, int, str]]:
+    """(file, line number, line) of the first conflict marker in each of these files."""
+    found = []
+    for name in files:
+        path = project / name
+        if not path.is_file():
+            continue
+        if name.endswith(".rej"):
+            found.append((name, 1, "(a rejected change: merge it by hand, then delete the file)"))
+            continue
+        with path.open("rb") as file:
+            for number, line in enumerate(file, start=1):
+                if line.startswith(CONFLICT_MARKERS):
+                    found.append((name, number, line.decode(errors="replace").rstrip()))
+                    break
+    return found

@@ -14,7 +14,7 @@ from conftest import git, install, make_template_repo, run, scaffold_from
 from generator import __version__
 
 # How long a generated project trains in these tests: as little as possible.
-SHORT = ["--accelerator", "cpu", "--set", "train.epochs=1"]
+SHORT = ["--accelerator", "cpu", "--max-steps", "5"]
 TAG = f"v{__version__}"
 NEXT_TAG = f"v{__version__}.1"
 

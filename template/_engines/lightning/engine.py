@@ -24,10 +24,22 @@ from torchmetrics import MeanMetric
 from .config import TASK, Config, UserError, load_config
 from .data import build_datasets, load_dataset
 from .hardware import resolve_device, resolve_devices, resolve_precision
-from .model import BASELINE, MONITOR, MONITOR_MODE, build_baseline, build_metrics, build_model
-from .model import compute_loss
-from .runs import check_resumable, choose_run_dir, prepare_run_dir, read_checkpoint
-from .runs import save_atomically
+from .model import (
+    BASELINE,
+    MONITOR,
+    MONITOR_MODE,
+    build_baseline,
+    build_metrics,
+    build_model,
+    compute_loss,
+)
+from .runs import (
+    check_resumable,
+    choose_run_dir,
+    prepare_run_dir,
+    read_checkpoint,
+    save_atomically,
+)
 from .tracking import MetricsLog, Progress, describe, save_baseline
 from .training import (
     Diverged,
@@ -66,6 +78,7 @@ class TaskModule(L.LightningModule):
         self.cfg, self.meta = cfg, meta
         self.model = build_model(cfg, meta)
         self.val_metrics = build_metrics(meta).clone(prefix="val/")
+        self.metric_names = list(build_metrics(meta))  # acc, mse, r2, ppl...
         self.val_loss = MeanMetric()
         # The training loss since the last evaluation; saved, so that a resume keeps it.
         self.train_loss = MeanMetric()
@@ -94,7 +107,8 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer, scheduler = build_optimizer(self.model, self.cfg, self.device)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        schedule = {"scheduler": scheduler, "interval": "step"}  # stepped per optimizer step
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def on_train_start(self) -> None:
         if getattr(self, "rng_state", None) is not None:  # resumed
@@ -105,9 +119,8 @@ class TaskModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # What evaluate, predict and export need to rebuild the model without the data,
         # and the random state, so that a resumed run continues as the original would.
-        checkpoint.update(
-            task=TASK, engine=ENGINE, config=self.cfg.to_dict(), meta=self.meta, rng=get_rng_state()
-        )
+        checkpoint.update(task=TASK, engine=ENGINE, config=self.cfg.to_dict(), meta=self.meta)
+        checkpoint["rng"] = get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.rng_state = checkpoint.get("rng")
@@ -129,9 +142,9 @@ class DataModule(L.LightningDataModule):
 
     def loader(self, dataset, train: bool) -> DataLoader:
         # The loader knows its place in the epoch; Lightning saves and restores it.
-        trainer = self.trainer
-        device = trainer.strategy.root_device
-        return make_loader(dataset, self.cfg, trainer.global_rank, trainer.world_size, device, train)
+        rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        device = self.trainer.strategy.root_device
+        return make_loader(dataset, self.cfg, rank, world_size, device, train)
 
 
 class Evaluations(L.Callback):
@@ -160,7 +173,8 @@ class Evaluations(L.Callback):
         loader = trainer.datamodule.val_dataloader()
         metrics = build_metrics(module.meta).to(module.device)
         baseline = build_baseline(module.meta).to(module.device)
-        self.baseline = {"name": BASELINE, **evaluate_model(baseline, loader, metrics, module.device)}
+        scores = evaluate_model(baseline, loader, metrics, module.device)
+        self.baseline = {"name": BASELINE, **scores}
         if trainer.is_global_zero:
             save_baseline(self.cfg.run_dir, self.baseline)
 
@@ -172,22 +186,23 @@ class Evaluations(L.Callback):
         self.progress.update(trainer.global_step, trainer.current_epoch + 1, outputs["loss"])
         stop_asked = self.signals.received is not None
         if trainer.strategy.reduce_boolean_decision(stop_asked, all=False):
-            trainer.save_checkpoint(self.cfg.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+            last = self.cfg.run_dir / "checkpoints" / "last.ckpt"
+            trainer.save_checkpoint(last, weights_only=False)
             raise Interrupted(self.signals.received, trainer.global_step)
         last_epoch = t.epochs == trainer.current_epoch + 1 and trainer.is_last_batch
         if trainer.global_step >= t.max_steps or last_epoch:
             trainer.should_stop = True  # Lightning evaluates once more when asked to stop
 
     def on_validation_end(self, trainer: L.Trainer, module: TaskModule) -> None:
-        metrics = trainer.callback_metrics
+        logged = trainer.callback_metrics
         row = {
             "step": trainer.global_step,
             "epoch": trainer.current_epoch + 1,
             "lr": trainer.optimizers[0].param_groups[0]["lr"],
             "train/loss": module.train_loss.compute().item(),  # averaged over all ranks
-            "val/loss": metrics["val/loss"].item(),
-            **{k: v.item() for k, v in sorted(metrics.items()) if k.startswith("val/") and k != "val/loss"},
+            "val/loss": logged["val/loss"].item(),
         }
+        row.update({f"val/{key}": logged[f"val/{key}"].item() for key in module.metric_names})
         module.train_loss.reset()
         self.last = row
         if improved(row[MONITOR], self.best.get(MONITOR), MONITOR_MODE):

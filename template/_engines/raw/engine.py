@@ -30,8 +30,15 @@ from torchmetrics import MeanMetric
 from .config import TASK, Config, UserError, load_config
 from .data import build_datasets, load_dataset
 from .hardware import resolve_device, resolve_devices, resolve_precision
-from .model import BASELINE, MONITOR, MONITOR_MODE, build_baseline, build_metrics, build_model
-from .model import compute_loss
+from .model import (
+    BASELINE,
+    MONITOR,
+    MONITOR_MODE,
+    build_baseline,
+    build_metrics,
+    build_model,
+    compute_loss,
+)
 from .runs import (
     RUN_NAME_ENV,
     check_resumable,
@@ -207,12 +214,13 @@ class Loop:
         """Evaluate, then log a row and write last.ckpt (and best.ckpt when it improved).
         Returns whether early stopping ends the run."""
         t, state = self.cfg.train, self.state
+        scores = evaluate_model(self.model, self.val_loader, self.metrics, self.device, self.autocast)
         row = {
             "step": state.step,
             "epoch": state.epoch + 1,
             "lr": self.lr,
             "train/loss": self.train_loss.compute().item(),  # averaged over all ranks
-            **evaluate_model(self.model, self.val_loader, self.metrics, self.device, self.autocast),
+            **scores,
         }
         self.train_loss.reset()
         state.last = row

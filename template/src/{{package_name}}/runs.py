@@ -1,8 +1,7 @@
 """Run folders and checkpoints: naming, atomic writes, resuming, and what produced a run.
 
-    runs/<name>/
-      config.yaml  metrics.csv  baseline.json  record.json  curves.png
-      checkpoints/last.ckpt  checkpoints/best.ckpt
+A run folder, runs/<name>/, holds config.yaml, metrics.csv, baseline.json, curves.png and
+checkpoints/last.ckpt and best.ckpt.
 """
 
 from __future__ import annotations

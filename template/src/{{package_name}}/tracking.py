@@ -31,8 +31,9 @@ class Progress:
     """A progress bar over the step budget, in a terminal only; lines print above it."""
 
     def __init__(self, step: int, max_steps: int, enabled: bool):
-        enabled = enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=max_steps, initial=step, unit="step", leave=False) if enabled else None
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            self.bar = tqdm(total=max_steps, initial=step, unit="step", leave=False)
 
     def update(self, step: int, epoch: int, loss: Any) -> None:
         if self.bar is None:  # no per-step work at all without a bar

@@ -150,7 +150,8 @@ class WarmupCosine:
             return (step + 1) / self.warmup_steps
         span = max(1, self.total_steps - self.decay_start)
         progress = min(1.0, (step - self.decay_start) / span)
-        return self.floor + (self.decay_from - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))  # from 1 down to 0
+        return self.floor + (self.decay_from - self.floor) * cosine
 
     def extend(self, step: int, total_steps: int) -> None:
         """From `step` on, decay from the current factor so as to reach the floor at total_steps."""
@@ -166,8 +167,12 @@ def build_optimizer(
     t = cfg.train
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": t.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        groups,
         lr=t.lr,
         # Fused AdamW is one kernel per step instead of one per parameter, on CUDA only.
         fused=device.type == "cuda",

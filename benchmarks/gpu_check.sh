@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check, for a machine with CUDA GPUs (not part of CI): generate the gpu and multi-gpu
-# projects of every task in both styles, train each for two epochs with mixed precision,
-# and print the run time and throughput.
+# projects of every task in both styles, train each for 500 steps with mixed precision,
+# and print the run time and throughput; then the engines' overhead against a hand-written
+# loop on the GPU, with bf16 and torch.compile (benchmarks/train_overhead.py).
 #   bash benchmarks/gpu_check.sh [OUTPUT_DIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,7 +19,7 @@ for hardware in gpu multi-gpu; do
         --hardware "$hardware" --name "check-$name" >/dev/null
       pip install -q --no-deps -e "$out/$name"
       start=$(date +%s.%N)
-      (cd "$out/$name" && "check-$name" train --epochs 2 --precision auto --name gpu \
+      (cd "$out/$name" && "check-$name" train --max-steps 500 --precision auto --name gpu \
         --set train.patience=0 > train.log 2>&1) || { echo "$name FAILED"; tail -20 "$out/$name/train.log"; continue; }
       end=$(date +%s.%N)
       python - "$out/$name" "$start" "$end" "$name" <<'PY'
@@ -28,7 +29,7 @@ run = Path(sys.argv[1]) / "runs" / "gpu"
 seconds = float(sys.argv[3]) - float(sys.argv[2])
 cfg = yaml.safe_load((run / "config.yaml").read_text())
 rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/loss")]
-steps = max(int(float(r["step"])) for r in rows) + 1
+steps = max(int(float(r["step"])) for r in rows)
 import torch
 world = torch.cuda.device_count() if "multi-gpu" in sys.argv[4] else 1
 samples = steps * cfg["train"]["batch_size"] * world
@@ -39,3 +40,7 @@ PY
   done
 done
 echo "projects and logs in $out"
+echo
+echo "engine overhead against a hand-written loop, on the GPU with bf16 and torch.compile:"
+python "$repo/benchmarks/train_overhead.py" --accelerator gpu \
+  --set train.precision=bf16-mixed --set train.compile=true --repeat 3

@@ -21,6 +21,9 @@ from torch.utils.data import Dataset, Subset, TensorDataset, random_split
 from .config import Config, UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# A folder whose resized images fit in this many bytes is decoded once and kept in memory
+# (in each process that reads it), instead of being read from disk every epoch.
+CACHE_BYTES = 512 * 2**20
 SHAPES = ["disc", "frame", "horizontal-bar", "vertical-bar"]
 
 
@@ -76,7 +79,8 @@ def load_dataset(path: str | Path, cfg: Config, meta: dict) -> Dataset:
 
 
 class ImageFolder(Dataset):
-    """(image, label) pairs from root/<class>/<image>, decoded when asked for."""
+    """(image, label) pairs from root/<class>/<image>, decoded when first asked for, and
+    kept (resized, as bytes) when the whole folder fits in CACHE_BYTES."""
 
     def __init__(self, root: Path, classes: list[str], size: int, missing_ok: bool = False):
         self.size = size
@@ -90,13 +94,19 @@ class ImageFolder(Dataset):
             self.samples += [(path, label) for path in files]
         for path, _ in self.samples:
             check_image(path)
+        fits = len(self.samples) * 3 * size * size <= CACHE_BYTES
+        self.cache: dict[int, torch.Tensor] | None = {} if fits else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        return load_image(path, self.size), label
+        if self.cache is None:
+            return load_image(path, self.size), label
+        if index not in self.cache:
+            self.cache[index] = load_pixels(path, self.size)
+        return self.cache[index].float() / 255, label
 
 
 def labels_of(dataset: Dataset) -> list[int]:
@@ -145,13 +155,18 @@ def check_image(path: Path) -> None:
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """An image file as a float tensor (3, size, size) with values in [0, 1]."""
+    return load_pixels(path, size).float() / 255
+
+
+def load_pixels(path: str | Path, size: int) -> torch.Tensor:
+    """An image file as RGB bytes, resized: a uint8 tensor (3, size, size)."""
     try:
         with Image.open(path) as image:
             image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     except (UnidentifiedImageError, OSError) as error:
         raise DataError(f"cannot read image {path} ({error})") from None
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    return pixels.view(size, size, 3).permute(2, 0, 1).float() / 255
+    return pixels.view(size, size, 3).permute(2, 0, 1)
 
 
 def split(dataset: Dataset, val_split: float, seed: int) -> tuple[Subset, Subset]:

@@ -47,8 +47,10 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
     if meta is None:
         names = sorted(set(labels))
         counts = Counter(labels[i] for i in train_rows)
+        vocab, idf = build_vocab([texts[i] for i in train_rows], cfg.data.max_vocab)
         meta = {
-            "vocab": build_vocab([texts[i] for i in train_rows], cfg.data.max_vocab),
+            "vocab": vocab,
+            "idf": idf,
             "labels": names,
             "max_length": cfg.data.max_length,
             "class_counts": [counts[name] for name in names],  # in the training split
@@ -91,10 +93,15 @@ def tokenize(text: str) -> list[str]:
     return re.findall(r"[\w']+", text.lower())
 
 
-def build_vocab(texts: list[str], max_vocab: int) -> list[str]:
-    """The most frequent words, after the padding and unknown-word tokens."""
+def build_vocab(texts: list[str], max_vocab: int) -> tuple[list[str], list[float]]:
+    """The most frequent words, after the padding and unknown-word tokens, and each word's
+    inverse document frequency: log((1 + texts) / (1 + texts with the word)) + 1, as
+    scikit-learn's TfidfVectorizer computes it. Padding weighs 0, unknown words 1."""
     counts = Counter(word for text in texts for word in tokenize(text))
-    return [PAD, UNK] + [word for word, _ in counts.most_common(max_vocab - 2)]
+    documents = Counter(word for text in texts for word in set(tokenize(text)))
+    words = [word for word, _ in counts.most_common(max_vocab - 2)]
+    idf = [math.log((1 + len(texts)) / (1 + documents[word])) + 1 for word in words]
+    return [PAD, UNK, *words], [0.0, 1.0, *idf]
 
 
 def encode(texts: list[str], meta: dict) -> torch.Tensor:

@@ -1,0 +1,137 @@
+"""One timed training run in a fresh process, for train_overhead.py and gpu_check.sh.
+
+    python benchmarks/overhead_worker.py KIND PROJECT STEPS [--accelerator cpu] [--set K=V ...]
+
+KIND is `reference` (the leanest honest loop, written here), `raw` or `lightning` (the
+generated project's engine). Imports are done, then one short warm-up run in this process,
+then the timed run of STEPS optimizer steps. Prints one JSON line: seconds, steps, and the
+process's peak resident memory.
+
+The reference does what the engines do by default, no more: the same data, model, batch
+size, AdamW with the same weight-decay groups, gradient clipping, warm-up + cosine learning
+rate, and every `eval_every` steps (at least once an epoch) a no-grad validation pass with
+the task's metrics and a torch.save of the model and optimizer. What the engines add beyond
+it is their own overhead: bookkeeping, logging, checkpoint files, hooks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import math
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["reference", "raw", "lightning"])
+    parser.add_argument("project", type=Path)
+    parser.add_argument("steps", type=int)
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--set", action="append", default=[], dest="settings")
+    args = parser.parse_args()
+    sys.path.insert(0, str(args.project / "src"))
+    (package,) = [p.name for p in (args.project / "src").iterdir() if (p / "cli.py").is_file()]
+    config = importlib.import_module(f"{package}.config")
+    overrides = {"train.accelerator": args.accelerator, "train.patience": 0, "train.logger": "csv"}
+    overrides.update(config.parse_assignment(item) for item in args.settings)
+    if args.kind == "reference":
+        run = reference_loop(package)
+    else:
+        run = importlib.import_module(f"{package}.engine").train
+
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def settings(name: str, steps: int):
+            values = {**overrides, "train.max_steps": steps, "train.output_dir": tmp}
+            return config.load_config(overrides={**values, "train.name": name})
+
+        with contextlib.redirect_stdout(sys.stderr):  # the engines print their progress
+            run(settings("warm-up", 10))
+            start = time.perf_counter()
+            run(settings("timed", args.steps))
+            seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"seconds": seconds, "steps": args.steps, "rss_mb": peak}))
+
+
+def reference_loop(package: str):
+    """A training function over the project's data and model, with nothing but the loop."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    data = importlib.import_module(f"{package}.data")
+    model_code = importlib.import_module(f"{package}.model")
+
+    def train(cfg) -> None:
+        t = cfg.train
+        torch.manual_seed(t.seed)
+        device = torch.device("cuda" if t.accelerator == "gpu" else "cpu")
+        train_set, val_set, meta = data.build_datasets(cfg)
+        generator = torch.Generator().manual_seed(t.seed)
+        drop_last = len(train_set) >= t.batch_size
+        loader = DataLoader(train_set, t.batch_size, shuffle=True, drop_last=drop_last, generator=generator)
+        val_loader = DataLoader(val_set, t.batch_size)
+        model = model_code.build_model(cfg, meta).to(device)
+        metrics = model_code.build_metrics(meta).to(device)
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=t.lr, fused=device.type == "cuda")
+        warmup = int(t.warmup_ratio * t.max_steps)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, t.max_steps - warmup))
+            return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        bf16 = t.precision == "bf16-mixed" or (t.precision == "auto" and device.type == "cuda")
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+        if t.compile:
+            model.compile()
+        interval = max(1, min(t.eval_every, len(loader)))
+        step = 0
+        while step < t.max_steps:
+            for inputs, targets in loader:
+                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device)
+                with autocast:
+                    loss = model_code.compute_loss(model(inputs), targets)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                if step % interval == 0 or step == t.max_steps:
+                    validate(model, val_loader, metrics, device, autocast)
+                    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+                    torch.save(state, Path(t.output_dir) / f"{t.name}.pt")
+                if step == t.max_steps:
+                    break
+
+    @torch.no_grad()
+    def validate(model, loader, metrics, device, autocast) -> None:
+        model.eval()
+        metrics.reset()
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(device), targets.to(device)
+            with autocast:
+                outputs = model(inputs).float()
+            model_code.compute_loss(outputs, targets)
+            metrics.update(outputs, targets)
+        metrics.compute()
+        model.train()
+
+    return train
+
+
+if __name__ == "__main__":
+    main()

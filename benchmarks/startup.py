@@ -1,0 +1,113 @@
+"""How long a command takes to start: `train` to its first optimizer step and to its end,
+raw and Lightning; `scaffold --help` and `scaffold new` as whole processes.
+
+    python benchmarks/startup.py [--repeat 5]
+
+References measured in the same run: `python -c "import torch"` and `python -c "import
+torch, lightning"`. The first optimizer step is seen from outside: the run is started as
+the console script would start it, with `sitecustomize` on the path wrapping
+torch.optim.Optimizer.step to print the time of its first call. Targets (this machine):
+raw first step <= import torch + 1.0 s; Lightning first step <= import torch + import
+lightning + 1.0 s; `scaffold new` < 1.5 s; `scaffold --help` < 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from copier import run_copy
+
+from generator.questions import template_root
+
+TASKS = ["image-classification", "text-classification", "tabular-regression", "language-modeling"]
+# Loaded by every Python process started with this folder on PYTHONPATH.
+SITECUSTOMIZE = """
+import os, sys, time
+import torch  # the train command imports it anyway; here, first, to hook its optimizers
+def _first_step(optimizer, args, kwargs):
+    if not _first_step.seen:
+        _first_step.seen = True
+        start = float(os.environ["STARTUP_T0"])
+        print(f"FIRST_STEP {time.time() - start:.3f}", file=sys.stderr, flush=True)
+_first_step.seen = False
+torch.optim.optimizer.register_optimizer_step_post_hook(_first_step)
+"""
+
+
+def timed(command: list[str], cwd: Path | None = None, env: dict | None = None) -> tuple[float, str]:
+    start = time.time()
+    env = {**os.environ, **(env or {}), "STARTUP_T0": str(start)}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    return time.time() - start, result.stderr
+
+
+def first_step(stderr: str) -> float:
+    return float(next(line.split()[1] for line in stderr.splitlines() if line.startswith("FIRST_STEP")))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    python = sys.executable
+    median = statistics.median
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "hook").mkdir()
+        (tmp / "hook" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        source = tmp / "template"
+        source.mkdir()
+        shutil.copy(template_root() / "copier.yml", source)
+        shutil.copytree(template_root() / "template", source / "template")
+        projects = {}
+        for task in TASKS:
+            for framework in ("raw", "lightning"):
+                project = tmp / f"{task}-{framework}"
+                data = {"task": task, "framework": framework, "project_name": "bench"}
+                run_copy(str(source), project, data=data, defaults=True, quiet=True)
+                projects[task, framework] = project
+
+        torch_s = median(timed([python, "-c", "import torch"])[0] for _ in range(args.repeat))
+        both_s = median(
+            timed([python, "-c", "import torch, lightning"])[0] for _ in range(args.repeat)
+        )
+        print(f"reference: import torch {torch_s:.2f} s, import torch + lightning {both_s:.2f} s")
+        print("| task | framework | first step s | target | end s | over the target |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for (task, framework), project in projects.items():
+            env = {"PYTHONPATH": f"{tmp / 'hook'}{os.pathsep}{project / 'src'}"}
+            steps, ends = [], []
+            for i in range(args.repeat):
+                command = [python, "-m", "bench", "train", "--max-steps", "20", "--name", str(i)]
+                end, stderr = timed(command, cwd=project, env=env)
+                steps.append(first_step(stderr))
+                ends.append(end)
+            target = (torch_s if framework == "raw" else both_s) + 1.0
+            step = median(steps)
+            print(
+                f"| {task} | {framework} | {step:.2f} | {target:.2f} | {median(ends):.2f} "
+                f"| {max(0.0, step - target):+.2f} |"
+            )
+
+        scaffold = [python, "-m", "generator"]
+        helps = [timed(scaffold + ["--help"])[0] for _ in range(args.repeat)]
+        news = []
+        for i in range(args.repeat):
+            dest = tmp / f"new-{i}"
+            news.append(timed(scaffold + ["new", str(dest), "--defaults", "--no-git"])[0])
+        print(f"scaffold --help: {median(helps):.2f} s (target < 0.5 s)")
+        print(f"scaffold new: {median(news):.2f} s (target < 1.5 s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -249,7 +249,7 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     device = resolve_device(t.accelerator)
     checkpoint = read_checkpoint(resume) if resume else None
     if checkpoint is not None:
-        check_resumable(checkpoint, cfg, resume, ENGINE, progress_of(checkpoint, t.patience))
+        check_resumable(checkpoint, cfg, resume, ENGINE, progress_of)
     run_dir, continuing = choose_run_dir(cfg, resume)
     L.seed_everything(t.seed, workers=True, verbose=False)
 

@@ -160,6 +160,9 @@ class Evaluations(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: TaskModule) -> None:
         t = self.cfg.train
+        # fit() put Lightning's SIGTERM handler first: it stops at points of its own, even
+        # mid-validation, and exits with code 0 without a checkpoint. Stop after a step instead.
+        self.signals.reclaim()
         self.stepped_at = trainer.global_step
         if trainer.early_stopping_callback is not None:  # not the patience of the checkpoint
             trainer.early_stopping_callback.patience = t.patience

@@ -255,6 +255,11 @@ class StopSignals:
                 self.previous[signum] = signal.signal(signum, self.handle)
         return self
 
+    def reclaim(self) -> None:
+        """Handle SIGTERM here again, after a framework installed a handler of its own."""
+        if self.previous:  # installed: in the main thread
+            signal.signal(signal.SIGTERM, self.handle)
+
     def handle(self, signum: int, frame: Any) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt

@@ -10,6 +10,7 @@ last.ckpt, best.ckpt when it improved, and early stopping after `patience` evalu
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from .training import (
     improved,
     make_loader,
     set_rng_state,
+    val_loss_metric,
 )
 
 ENGINE = "lightning"
@@ -79,7 +81,7 @@ class TaskModule(L.LightningModule):
         self.model = build_model(cfg, meta)
         self.val_metrics = build_metrics(meta).clone(prefix="val/")
         self.metric_names = list(build_metrics(meta))  # acc, mse, r2, ppl...
-        self.val_loss = MeanMetric()
+        self.val_loss = val_loss_metric()
         # The training loss since the last evaluation; saved, so that a resume keeps it.
         self.train_loss = MeanMetric()
         self.train_loss.persistent(True)
@@ -198,10 +200,14 @@ class Evaluations(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, module: TaskModule) -> None:
         logged = trainer.callback_metrics
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        # Before the checkpoint callbacks, which Lightning runs after this one.
+        if not math.isfinite(logged["val/loss"].item()):  # the last step broke the weights
+            raise Diverged(trainer.global_step, logged["val/loss"].item(), lr, "validation loss")
         row = {
             "step": trainer.global_step,
             "epoch": trainer.current_epoch + 1,
-            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "lr": lr,
             "train/loss": module.train_loss.compute().item(),  # averaged over all ranks
             "val/loss": logged["val/loss"].item(),
         }

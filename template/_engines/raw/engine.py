@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -217,6 +218,8 @@ class Loop:
         scores = evaluate_model(
             self.model, self.val_loader, self.metrics, self.device, self.autocast
         )
+        if not math.isfinite(scores["val/loss"]):  # the last step broke the weights
+            raise Diverged(state.step, scores["val/loss"], self.lr, "validation loss")
         row = {
             "step": state.step,
             "epoch": state.epoch + 1,

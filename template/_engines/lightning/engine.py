@@ -240,6 +240,29 @@ class Evaluations(L.Callback):
             self.log.close()
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that keeps its record (the best score...) when the run folder was
+    moved or copied since the checkpoint: Lightning's own forgets it with a warning, and
+    then the next evaluation overwrites best.ckpt, better or not."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and old != self.dirpath:
+
+            def moved(path: str | None) -> str | None:
+                return self.dirpath + path[len(old) :] if path and path.startswith(old) else path
+
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                "best_model_path": moved(state_dict["best_model_path"]),
+                "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
+                "last_model_path": moved(state_dict.get("last_model_path")),
+                "best_k_models": {moved(k): v for k, v in state_dict["best_k_models"].items()},
+            }
+        super().load_state_dict(state_dict)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written beside their target, then renamed over it (runs.save_atomically).
 
@@ -271,14 +294,14 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     evaluations = Evaluations(cfg, continuing, signals, trial)
     callbacks = [
         evaluations,
-        ModelCheckpoint(  # best.ckpt, when the monitored metric improves
+        RunCheckpoint(  # best.ckpt, when the monitored metric improves
             dirpath=run_dir / "checkpoints",
             filename="best",
             monitor=MONITOR,
             mode=MONITOR_MODE,
             enable_version_counter=False,  # overwrite best.ckpt instead of best-v1.ckpt
         ),
-        ModelCheckpoint(  # last.ckpt, at every evaluation
+        RunCheckpoint(  # last.ckpt, at every evaluation
             dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False
         ),
     ]

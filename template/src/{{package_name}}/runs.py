@@ -12,6 +12,7 @@ import io
 import os
 import secrets
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -129,7 +130,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's unpickler comments on files it refuses
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, not a torch file, a pickle of other objects...
         raise UserError(
             f"cannot read checkpoint {path}: not a checkpoint of this project, or a damaged "

@@ -179,30 +179,36 @@ def check_all(cases: list[Case]) -> None:
     print(f"{len(cases)} cases: " + ", ".join(c.name for c in cases))
 
 
+# Installed projects and templates, shared by the test_robust* modules of a session (a
+# fixture imported into another module would be a second fixture, with its own cache).
+_TEMPLATE: list[Path] = []
+_PROJECTS: dict[tuple[str, str, str], Project] = {}
+
+
 @pytest.fixture(scope="session")
-def robust_template(tmp_path_factory) -> Path:
-    """The template outside git (as conftest's template_copy, which is function-free too)."""
+def installed(tmp_path_factory):
+    """installed(task, framework, hardware="cpu") -> Project, each installed once a session."""
+    return installer(tmp_path_factory)
+
+
+def installer(tmp_path_factory):
+    """What the `installed` fixture of each test_robust* module gives."""
     from generator.questions import template_root
 
-    root = tmp_path_factory.mktemp("robust-template")
-    shutil.copy(template_root() / "copier.yml", root)
-    shutil.copytree(template_root() / "template", root / "template")
-    return root
-
-
-@pytest.fixture(scope="session")
-def installed(robust_template, tmp_path_factory):
-    """installed(task, framework, hardware="cpu") -> Project, each installed once a session."""
-    projects: dict[tuple[str, str, str], Project] = {}
+    if not _TEMPLATE:  # the template outside git, as conftest's template_copy
+        root = tmp_path_factory.mktemp("robust-template")
+        shutil.copy(template_root() / "copier.yml", root)
+        shutil.copytree(template_root() / "template", root / "template")
+        _TEMPLATE.append(root)
 
     def get(task: str, framework: str, hardware: str = "cpu") -> Project:
         key = (task, framework, hardware)
-        if key not in projects:
+        if key not in _PROJECTS:
             short = {"image": "img", "text": "txt", "tabular": "tab", "language": "lm"}
             slug = f"rb-{short[task.split('-')[0]]}-{framework}-{hardware}"
             base = tmp_path_factory.mktemp(slug)
             root = render(
-                robust_template,
+                _TEMPLATE[0],
                 base / "project",
                 project_name=slug,
                 task=task,
@@ -210,8 +216,8 @@ def installed(robust_template, tmp_path_factory):
                 hardware=hardware,
             )
             it = install(root, base / "venv")
-            projects[key] = Project(root, it.python, it.script, slug.replace("-", "_"), slug)
-        return projects[key]
+            _PROJECTS[key] = Project(root, it.python, it.script, slug.replace("-", "_"), slug)
+        return _PROJECTS[key]
 
     return get
 
@@ -541,10 +547,13 @@ def test_bad_data_is_one_line_and_divergence_stops_cleanly(task, framework, inst
 OTHER = {"raw": "lightning", "lightning": "raw"}
 
 
+_TRAINED: dict[tuple[str, str], Path] = {}
+
+
 @pytest.fixture(scope="session")
 def trained(installed, tmp_path_factory):
     """trained(task, framework) -> the folder of a finished 3-step run of that project."""
-    runs: dict[tuple[str, str], Path] = {}
+    runs = _TRAINED
 
     def get(task: str, framework: str) -> Path:
         if (task, framework) not in runs:

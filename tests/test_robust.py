@@ -301,6 +301,21 @@ def every_mode(root: Path) -> Path:
     return root
 
 
+# Image loading that fails in DataLoader worker processes only.
+FAIL_IN_A_WORKER = """
+import importlib, torch
+data = importlib.import_module(package + ".data")
+load_image = data.load_image
+
+def failing(path, size):
+    if torch.utils.data.get_worker_info() is not None:
+        raise data.DataError("cannot read image (in a worker)")
+    return load_image(path, size)
+
+data.load_image = failing
+"""
+
+
 def bad_data_cases(task: str, area: Path) -> list[Case]:
     """Each data file of the task that must be refused with one line, and a few that must
     be taken (a byte-order mark, images of every mode)."""
@@ -465,6 +480,30 @@ def bad_data_cases(task: str, area: Path) -> list[Case]:
             train("empty-class", hollow, "bird holds no images"),
             train("train-without-val", half.parent, "has train/ but no val/"),
             train("every-mode", every_mode(data / "modes"), "", code=0),
+            # Last (its setup stays): an image that fails in a DataLoader worker process,
+            # whose error comes back wrapped in the worker's traceback.
+            Case(
+                "error-in-a-loader-worker",
+                [
+                    "train",
+                    *CPU,
+                    *FEW_STEPS,
+                    "--set",
+                    "train.num_workers=1",
+                    "--output-dir",
+                    str(runs),
+                    "--name",
+                    "worker",
+                    "--data",
+                    str(images(data / "fine")),
+                ],
+                area / "cwd",
+                2,
+                "cannot read image (in a worker)",
+                watch=[area],
+                may_write=[runs],
+                setup=FAIL_IN_A_WORKER,
+            ),
         ]
     else:
         (data / "empty.txt").write_text(" \n")
@@ -840,12 +879,22 @@ def file_states(folder: Path) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
 
 
+def disk_cases(disk: Path, cwd: Path, says: tuple[str, str]) -> list[Case]:
+    """Resuming the run `done` on `disk`, and starting a new one there: both refused."""
+    checkpoints = disk / "done" / "checkpoints"
+    resume = ["train", *CPU, "--output-dir", str(disk), "--resume", "last"]
+    resume += ["--name", "done", "--max-steps", "6"]
+    new = ["train", *CPU, *FEW_STEPS, "--output-dir", str(disk), "--name", "new"]
+    return [
+        Case("resume", resume, cwd, says=says[0], watch=[checkpoints]),
+        Case("new-run", new, cwd, says=says[1], watch=[checkpoints]),
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("framework", ["raw", "lightning"])
-def test_a_full_or_read_only_disk_is_one_line_and_keeps_the_checkpoints(
-    framework, installed, trained, tmp_path
-):
+def test_a_full_disk_is_one_line_and_keeps_the_checkpoints(framework, installed, trained, tmp_path):
     project = installed("tabular-regression", framework)
     disk = tmp_path / "disk"
     if not mount_tmpfs(disk, "4m"):
@@ -855,47 +904,42 @@ def test_a_full_or_read_only_disk_is_one_line_and_keeps_the_checkpoints(
         checkpoints = disk / "done" / "checkpoints"
         kept = file_states(checkpoints)
         fill(disk)
-        resume = ["train", *CPU, "--output-dir", str(disk), "--resume", "last"]
-        resume += ["--name", "done", "--max-steps", "6"]
-        new = ["train", *CPU, *FEW_STEPS, "--output-dir", str(disk), "--name", "new"]
-        full = [
-            Case(
-                "full-resume",
-                resume,
-                tmp_path / "cwd",
-                says="No space left on device",
-                watch=[checkpoints],
-            ),
-            Case(
-                "full-new-run",
-                new,
-                tmp_path / "cwd",
-                says="No space left on device",
-                watch=[checkpoints],
-            ),
-        ]
-        project.drive(full, tmp_path / "driver-full")
-        (disk / "filler").unlink()
-        shutil.rmtree(disk / "new", ignore_errors=True)
-        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        read_only = [
-            Case(
-                "read-only-resume",
-                resume,
-                tmp_path / "cwd",
-                says="Read-only file system",
-                watch=[checkpoints],
-            ),
-            Case(
-                "read-only-new-run",
-                new,
-                tmp_path / "cwd",
-                says="cannot create the run folder",
-                watch=[checkpoints],
-            ),
-        ]
-        project.drive(read_only, tmp_path / "driver-ro")
-        check_all(full + read_only)
+        space = "No space left on device"
+        cases = project.drive(disk_cases(disk, tmp_path / "cwd", (space, space)), tmp_path / "d")
+        check_all(cases)
         assert file_states(checkpoints) == kept  # no temporary left, nothing overwritten
     finally:
         subprocess.run(["umount", "-l", str(disk)])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("framework", ["raw", "lightning"])
+def test_a_read_only_output_folder_is_one_line_and_keeps_the_checkpoints(
+    framework, installed, trained, tmp_path
+):
+    project = installed("tabular-regression", framework)
+    disk = tmp_path / "disk"
+    root = os.geteuid() == 0  # root writes through permissions: a read-only mount instead
+    if root and not mount_tmpfs(disk, "4m"):
+        pytest.skip("as root, a read-only folder needs a read-only mount, and mount failed")
+    try:
+        shutil.copytree(trained("tabular-regression", framework), disk / "done")
+        checkpoints = disk / "done" / "checkpoints"
+        kept = file_states(checkpoints)
+        if root:
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+            says = ("Read-only file system", "Read-only file system")
+        else:
+            for folder in (checkpoints, checkpoints.parent, disk):
+                folder.chmod(0o555)
+            says = ("Permission denied", "Permission denied")
+        cases = project.drive(disk_cases(disk, tmp_path / "cwd", says), tmp_path / "d")
+        check_all(cases)
+        assert file_states(checkpoints) == kept
+    finally:
+        if root:
+            subprocess.run(["umount", "-l", str(disk)])
+        else:
+            for folder in (disk, disk / "done", disk / "done" / "checkpoints"):
+                folder.chmod(0o755)

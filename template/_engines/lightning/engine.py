@@ -10,6 +10,7 @@ last.ckpt, best.ckpt when it improved, and early stopping after `patience` evalu
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from .training import (
     improved,
     make_loader,
     set_rng_state,
+    val_loss_metric,
 )
 
 ENGINE = "lightning"
@@ -79,7 +81,7 @@ class TaskModule(L.LightningModule):
         self.model = build_model(cfg, meta)
         self.val_metrics = build_metrics(meta).clone(prefix="val/")
         self.metric_names = list(build_metrics(meta))  # acc, mse, r2, ppl...
-        self.val_loss = MeanMetric()
+        self.val_loss = val_loss_metric()
         # The training loss since the last evaluation; saved, so that a resume keeps it.
         self.train_loss = MeanMetric()
         self.train_loss.persistent(True)
@@ -160,6 +162,9 @@ class Evaluations(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: TaskModule) -> None:
         t = self.cfg.train
+        # fit() put Lightning's SIGTERM handler first: it stops at points of its own, even
+        # mid-validation, and exits with code 0 without a checkpoint. Stop after a step instead.
+        self.signals.reclaim()
         self.stepped_at = trainer.global_step
         if trainer.early_stopping_callback is not None:  # not the patience of the checkpoint
             trainer.early_stopping_callback.patience = t.patience
@@ -195,10 +200,14 @@ class Evaluations(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, module: TaskModule) -> None:
         logged = trainer.callback_metrics
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        # Before the checkpoint callbacks, which Lightning runs after this one.
+        if not math.isfinite(logged["val/loss"].item()):  # the last step broke the weights
+            raise Diverged(trainer.global_step, logged["val/loss"].item(), lr, "validation loss")
         row = {
             "step": trainer.global_step,
             "epoch": trainer.current_epoch + 1,
-            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "lr": lr,
             "train/loss": module.train_loss.compute().item(),  # averaged over all ranks
             "val/loss": logged["val/loss"].item(),
         }
@@ -231,6 +240,29 @@ class Evaluations(L.Callback):
             self.log.close()
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that keeps its record (the best score...) when the run folder was
+    moved or copied since the checkpoint: Lightning's own forgets it with a warning, and
+    then the next evaluation overwrites best.ckpt, better or not."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and old != self.dirpath:
+
+            def moved(path: str | None) -> str | None:
+                return self.dirpath + path[len(old) :] if path and path.startswith(old) else path
+
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                "best_model_path": moved(state_dict["best_model_path"]),
+                "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
+                "last_model_path": moved(state_dict.get("last_model_path")),
+                "best_k_models": {moved(k): v for k, v in state_dict["best_k_models"].items()},
+            }
+        super().load_state_dict(state_dict)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written beside their target, then renamed over it (runs.save_atomically).
 
@@ -249,7 +281,7 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     device = resolve_device(t.accelerator)
     checkpoint = read_checkpoint(resume) if resume else None
     if checkpoint is not None:
-        check_resumable(checkpoint, cfg, resume, ENGINE, progress_of(checkpoint, t.patience))
+        check_resumable(checkpoint, cfg, resume, ENGINE, progress_of)
     run_dir, continuing = choose_run_dir(cfg, resume)
     L.seed_everything(t.seed, workers=True, verbose=False)
 
@@ -262,14 +294,14 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     evaluations = Evaluations(cfg, continuing, signals, trial)
     callbacks = [
         evaluations,
-        ModelCheckpoint(  # best.ckpt, when the monitored metric improves
+        RunCheckpoint(  # best.ckpt, when the monitored metric improves
             dirpath=run_dir / "checkpoints",
             filename="best",
             monitor=MONITOR,
             mode=MONITOR_MODE,
             enable_version_counter=False,  # overwrite best.ckpt instead of best-v1.ckpt
         ),
-        ModelCheckpoint(  # last.ckpt, at every evaluation
+        RunCheckpoint(  # last.ckpt, at every evaluation
             dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False
         ),
     ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -106,7 +107,7 @@ class Loop:
         self.cfg, self.device, self.world_size, self.master = cfg, device, world_size, rank == 0
         checkpoint = read_checkpoint(resume) if resume else None
         if checkpoint is not None:
-            check_resumable(checkpoint, cfg, resume, ENGINE, progress_of(checkpoint, t.patience))
+            check_resumable(checkpoint, cfg, resume, ENGINE, progress_of)
         self.run_dir, continuing = claim_run_dir(cfg, resume, world_size)
         seed_everything(t.seed)  # every rank starts from the same seed, hence the same model
 
@@ -214,7 +215,11 @@ class Loop:
         """Evaluate, then log a row and write last.ckpt (and best.ckpt when it improved).
         Returns whether early stopping ends the run."""
         t, state = self.cfg.train, self.state
-        scores = evaluate_model(self.model, self.val_loader, self.metrics, self.device, self.autocast)
+        scores = evaluate_model(
+            self.model, self.val_loader, self.metrics, self.device, self.autocast
+        )
+        if not math.isfinite(scores["val/loss"]):  # the last step broke the weights
+            raise Diverged(state.step, scores["val/loss"], self.lr, "validation loss")
         row = {
             "step": state.step,
             "epoch": state.epoch + 1,

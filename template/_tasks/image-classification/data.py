@@ -129,8 +129,9 @@ def pixel_stats(dataset: Dataset, limit: int = 512) -> dict[str, list[float]]:
 def class_names(root: Path) -> list[str]:
     """The sub-folders of root, sorted: the class names."""
     if not root.is_dir():
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataError(
-            f"{root} is not a folder; image-classification expects a folder with "
+            f"{root} {problem}; image-classification expects a folder with "
             "one sub-folder of images per class"
         )
     classes = sorted(
@@ -145,10 +146,17 @@ def class_names(root: Path) -> list[str]:
 
 
 def check_image(path: Path) -> None:
-    """Open the header now, so that a corrupt file fails before training, not during."""
+    """Open the header now, so that a corrupt file fails before training, not during.
+
+    (A truncated JPEG passes this check: only decoding finds it, and load_image says so.)
+    """
     try:
         with Image.open(path) as image:
             image.verify()
+    except Image.DecompressionBombError as error:
+        raise DataError(
+            f"image {path} is too large to decode safely ({error}); shrink it"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise DataError(f"cannot read image {path} ({error}); remove or replace it") from None
 
@@ -162,11 +170,25 @@ def load_pixels(path: str | Path, size: int) -> torch.Tensor:
     """An image file as RGB bytes, resized: a uint8 tensor (3, size, size)."""
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            image = to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
+    except Image.DecompressionBombError as error:
+        raise DataError(
+            f"image {path} is too large to decode safely ({error}); shrink it"
+        ) from None
     except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"cannot read image {path} ({error})") from None
+        raise DataError(f"cannot read image {path} ({error}); remove or replace it") from None
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
     return pixels.view(size, size, 3).permute(2, 0, 1)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode Pillow reads: grayscale, palette, RGBA, CMYK, 16-bit..."""
+    if image.mode.startswith("I"):  # 16-bit grayscale ("I;16", or "I" holding 16-bit values)
+        # Scaled down to 8 bits; converted directly, every value above 255 would be white.
+        image = image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
+    elif image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # the way Pillow asks palette transparency to go
+    return image.convert("RGB")
 
 
 def split(dataset: Dataset, val_split: float, seed: int) -> tuple[Subset, Subset]:

@@ -1,10 +1,13 @@
 """Image classification's data: your folder of images per class, and clear errors."""
 
+import struct
+import zlib
+
 import pytest
 from PIL import Image
 
 from {{ package_name }}.config import load_config
-from {{ package_name }}.data import DataError, build_datasets, predict
+from {{ package_name }}.data import DataError, build_datasets, load_image, predict
 from {{ package_name }}.model import build_model
 
 
@@ -36,8 +39,12 @@ def test_predict_names_a_class(tmp_path):
 
 
 def test_bad_data_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match="is not a folder"):
+    with pytest.raises(DataError, match="does not exist"):
         build_datasets(load_config(overrides={"data.path": str(tmp_path / "missing")}))
+    (tmp_path / "file.png").write_bytes(b"")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        build_datasets(load_config(overrides={"data.path": str(tmp_path / "file.png")}))
+    (tmp_path / "file.png").unlink()
     write_images(tmp_path, classes=("cat",))
     with pytest.raises(DataError, match="expected at least two"):
         build_datasets(load_config(overrides={"data.path": str(tmp_path)}))
@@ -45,3 +52,40 @@ def test_bad_data_is_a_clear_error(tmp_path):
     (tmp_path / "dog" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="broken.png"):
         build_datasets(load_config(overrides={"data.path": str(tmp_path)}))
+
+
+def test_images_of_every_mode_load_as_rgb(tmp_path):
+    """Grayscale, palette (with transparency), RGBA, CMYK and 16-bit grayscale."""
+    images = {
+        "gray.png": Image.new("L", (8, 8), 128),
+        "palette.png": Image.new("RGBA", (8, 8), (0, 0, 255, 128)).quantize(colors=4),
+        "rgba.png": Image.new("RGBA", (8, 8), (255, 0, 0, 0)),
+        "cmyk.jpg": Image.new("CMYK", (8, 8), (0, 0, 0, 0)),
+        "16bit.png": Image.new("I;16", (8, 8), 32768),
+    }
+    for name, image in images.items():
+        image.save(tmp_path / name)
+        pixels = load_image(tmp_path / name, 4)
+        assert pixels.shape == (3, 4, 4) and 0 <= pixels.min() and pixels.max() <= 1, name
+    # 16 bits scaled to 8, not clipped to white: the middle of the range is mid-grey.
+    assert load_image(tmp_path / "16bit.png", 4).mean().item() == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_truncated_or_gigantic_image_is_named(tmp_path):
+    Image.effect_noise((64, 64), 64).convert("RGB").save(tmp_path / "photo.jpg", quality=95)
+    data = (tmp_path / "photo.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(DataError, match="cut.jpg .*truncated"):
+        load_image(tmp_path / "cut.jpg", 8)
+
+    # A PNG that announces 15000 x 15000 pixels: refused before any decoding.
+    def chunk(kind, data):
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", 15000, 15000, 8, 0, 0, 0, 0)
+    png = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    write_images(tmp_path / "bomb")
+    (tmp_path / "bomb" / "dog" / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + png)
+    with pytest.raises(DataError, match="huge.png is too large to decode safely"):
+        build_datasets(load_config(overrides={"data.path": str(tmp_path / "bomb")}))

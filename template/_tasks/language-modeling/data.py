@@ -76,11 +76,15 @@ def load_dataset(path: str | Path, cfg: Config, meta: dict) -> Dataset:
 
 def read_text(path: Path) -> str:
     if not path.is_file():
-        raise DataError(f"{path} does not exist; language-modeling expects a UTF-8 text file")
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise DataError(f"{path} {problem}; language-modeling expects a UTF-8 text file")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark is not a character of the text.
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise DataError(f"{path} is not UTF-8 text ({error}); convert it to UTF-8") from None
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror}") from None
     if not text.strip():
         raise DataError(f"{path} is empty; language-modeling needs text to learn from")
     return text

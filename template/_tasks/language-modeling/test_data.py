@@ -38,3 +38,12 @@ def test_bad_data_is_a_clear_error(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00\x81" * 100)
     with pytest.raises(DataError, match="not UTF-8"):
         build_datasets(load_config(overrides={"data.path": str(binary)}))
+    with pytest.raises(DataError, match="is a folder"):
+        build_datasets(load_config(overrides={"data.path": str(tmp_path)}))
+
+
+def test_a_byte_order_mark_is_not_a_character_of_the_text(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("\ufeff" + "abc abd abe\n" * 40, encoding="utf-8")
+    _, _, meta = build_datasets(load_config(overrides={"data.path": str(path)}))
+    assert "\ufeff" not in meta["chars"]

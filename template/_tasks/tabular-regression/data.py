@@ -32,8 +32,19 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
     else:
         columns, x, y = read_csv(Path(cfg.data.path), cfg.data.target)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.train.seed))
-    n_val = max(1, math.floor(len(y) * cfg.data.val_split))
+    # Two rows at least on each side: R2 needs two to validate, the scaling two to train.
+    n_val = max(2, math.floor(len(y) * cfg.data.val_split))
+    if len(y) - n_val < 2:
+        raise DataError(
+            f"{cfg.data.path} has too few rows ({len(y)}); tabular-regression needs at least 4 "
+            "(two to train on, two to validate)"
+        )
     val_rows, train_rows = order[:n_val], order[n_val:]
+    if meta is None and bool((y == y[0]).all()):
+        raise DataError(
+            f"{cfg.data.path}: column '{cfg.data.target}' has the same value, {y[0].item():g}, "
+            "on every row: there is nothing to learn; is it the right --target?"
+        )
     if meta is None:
         x_train, y_train = x[train_rows], y[train_rows]
         meta = {
@@ -59,6 +70,8 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
 def load_dataset(path: str | Path, cfg: Config, meta: dict) -> Dataset:
     """Every row of a CSV file, for `evaluate --data`."""
     columns, x, y = read_csv(Path(path), meta["target"], meta["columns"])
+    if len(y) < 2:
+        raise DataError(f"{path} has {len(y)} row; R2 needs at least two to evaluate")
     return TensorDataset(x, y)
 
 
@@ -71,14 +84,21 @@ def read_csv(
     every column but the target is one.
     """
     if not path.is_file():
-        raise DataError(f"{path} does not exist; tabular-regression expects a CSV file")
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise DataError(f"{path} {problem}; tabular-regression expects a CSV file")
     try:
-        with path.open(newline="", encoding="utf-8") as file:
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name.
+        with path.open(newline="", encoding="utf-8-sig") as file:
             reader = csv.DictReader(file)
             header = reader.fieldnames or []
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path} is not a readable UTF-8 CSV file ({error})") from None
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror}") from None
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise DataError(f"{path}: the header names column {twice[0]!r} twice; rename one")
     if need_target and target not in header:
         raise DataError(
             f"{path}: expected a CSV with a '{target}' column to predict (or pass --target NAME); "
@@ -93,15 +113,33 @@ def read_csv(
         raise DataError(f"{path} has a header but no rows")
     wanted = columns + ([target] if need_target else [])
     values = torch.empty(len(rows), len(wanted))
+    largest = torch.finfo(values.dtype).max
     for i, row in enumerate(rows):
+        if None in row:  # more fields than the header
+            raise DataError(
+                f"{path}: line {i + 2} has {len(header) + len(row[None])} fields, the header "
+                f"{len(header)}; quote values that contain commas"
+            )
+        if None in row.values():  # fewer
+            fields = len(header) - list(row.values()).count(None)
+            raise DataError(
+                f"{path}: line {i + 2} has {fields} fields, the header {len(header)}; "
+                "every row needs a value in each column"
+            )
         for j, name in enumerate(wanted):
             try:
-                values[i, j] = float(row[name])
-            except (TypeError, ValueError):
+                value = float(row[name])
+            except ValueError:
                 raise DataError(
                     f"{path}: line {i + 2}, column '{name}': {row[name]!r} is not a number; "
                     "tabular-regression expects numeric columns"
                 ) from None
+            if not abs(value) <= largest:  # nan, inf, or too large for float32
+                problem = "is not a finite number; fill it in or drop the row"
+                if math.isfinite(value):
+                    problem = f"is beyond float32's range (±{largest:.3g}); rescale the column"
+                raise DataError(f"{path}: line {i + 2}, column '{name}': {row[name]!r} {problem}")
+            values[i, j] = value
     if need_target:
         return columns, values[:, :-1], values[:, -1]
     return columns, values, torch.full((len(rows),), math.nan)

@@ -42,3 +42,40 @@ def test_bad_data_is_a_clear_error(tmp_path):
         build_datasets(load_config(overrides={"data.path": str(text)}))
     with pytest.raises(DataError, match="does not exist"):
         build_datasets(load_config(overrides={"data.path": str(tmp_path / "missing.csv")}))
+    with pytest.raises(DataError, match="is a folder"):
+        build_datasets(load_config(overrides={"data.path": str(tmp_path)}))
+
+
+@pytest.mark.parametrize(
+    ("cell", "says"),
+    [
+        ("nan", "'nan' is not a finite number"),
+        ("-inf", "'-inf' is not a finite number"),
+        ("1e39", "'1e39' is beyond float32's range"),
+    ],
+)
+def test_a_cell_that_is_not_a_finite_float32_is_refused_by_line_and_column(tmp_path, cell, says):
+    rows = [(i, 2 * i) for i in range(10)]
+    rows[3] = (cell, 6)
+    path = write_csv(tmp_path / "table.csv", ["a", "target"], rows)
+    with pytest.raises(DataError, match=f"line 5, column 'a': {says}"):
+        build_datasets(load_config(overrides={"data.path": str(path)}))
+
+
+def test_too_few_rows_a_constant_target_and_ragged_rows_are_refused(tmp_path):
+    few = write_csv(tmp_path / "few.csv", ["a", "target"], [(1, 2), (2, 3), (3, 4)])
+    with pytest.raises(DataError, match=r"has too few rows \(3\); .* needs at least 4"):
+        build_datasets(load_config(overrides={"data.path": str(few)}))
+    flat = write_csv(tmp_path / "flat.csv", ["a", "target"], [(i, 5) for i in range(10)])
+    with pytest.raises(DataError, match="'target' has the same value, 5, on every row"):
+        build_datasets(load_config(overrides={"data.path": str(flat)}))
+    ragged = write_csv(tmp_path / "ragged.csv", ["a", "target"], [(1, 2), (1, 2, 3)] * 3)
+    with pytest.raises(DataError, match="line 3 has 3 fields, the header 2"):
+        build_datasets(load_config(overrides={"data.path": str(ragged)}))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    path = write_csv(tmp_path / "excel.csv", ["a", "target"], [(i, 2 * i) for i in range(10)])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    _, _, meta = build_datasets(load_config(overrides={"data.path": str(path)}))
+    assert meta["columns"] == ["a"]

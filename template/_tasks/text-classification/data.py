@@ -46,6 +46,11 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
     val_rows, train_rows = order[:n_val].tolist(), order[n_val:].tolist()
     if meta is None:
         names = sorted(set(labels))
+        if len(names) < 2:
+            raise DataError(
+                f"{cfg.data.path}: every row has the label {names[0]!r}; a classifier needs "
+                "at least two labels to tell apart"
+            )
         counts = Counter(labels[i] for i in train_rows)
         vocab, idf = build_vocab([texts[i] for i in train_rows], cfg.data.max_vocab)
         meta = {
@@ -68,9 +73,11 @@ def load_dataset(path: str | Path, cfg: Config, meta: dict) -> Dataset:
 def read_csv(path: Path) -> tuple[list[str], list[str]]:
     """The text and label columns of a CSV file, with a clear error for anything else."""
     if not path.is_file():
-        raise DataError(f"{path} does not exist; text-classification expects a CSV file")
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise DataError(f"{path} {problem}; text-classification expects a CSV file")
     try:
-        with path.open(newline="", encoding="utf-8") as file:
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name.
+        with path.open(newline="", encoding="utf-8-sig") as file:
             reader = csv.DictReader(file)
             columns = reader.fieldnames or []
             if "text" not in columns or "label" not in columns:
@@ -78,9 +85,18 @@ def read_csv(path: Path) -> tuple[list[str], list[str]]:
                     f"{path}: expected a CSV with columns text,label; "
                     f"got columns {','.join(columns) or '(none)'}"
                 )
-            rows = [(row["text"] or "", row["label"]) for row in reader]
+            rows = []
+            for row in reader:
+                if None in row:  # more fields than the header: a text with an unquoted comma
+                    raise DataError(
+                        f"{path}: line {reader.line_num} has more fields than the header "
+                        f"({','.join(columns)}); put texts that contain commas in double quotes"
+                    )
+                rows.append((row["text"] or "", row["label"]))
     except (UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path} is not a readable UTF-8 CSV file ({error})") from None
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror}") from None
     if len(rows) < 2:
         raise DataError(f"{path} has {len(rows)} rows; at least two are needed")
     missing = [i + 2 for i, (_, label) in enumerate(rows) if not label]

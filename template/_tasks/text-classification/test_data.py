@@ -42,3 +42,18 @@ def test_bad_data_is_a_clear_error(tmp_path):
     empty.write_text("")
     with pytest.raises(DataError, match="got columns"):
         build_datasets(load_config(overrides={"data.path": str(empty)}))
+    with pytest.raises(DataError, match="is a folder"):
+        build_datasets(load_config(overrides={"data.path": str(tmp_path)}))
+    same = write_csv(tmp_path / "same.csv", [("fine", "pos"), ("good", "pos")] * 3)
+    with pytest.raises(DataError, match="every row has the label 'pos'"):
+        build_datasets(load_config(overrides={"data.path": str(same)}))
+    comma = write_csv(tmp_path / "comma.csv", [("fine", "pos"), ("slow, dull", "neg")] * 3)
+    with pytest.raises(DataError, match="line 3 has more fields than the header"):
+        build_datasets(load_config(overrides={"data.path": str(comma)}))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    path = write_csv(tmp_path / "excel.csv", [("what a great film", "pos"), ("dull", "neg")] * 5)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    _, _, meta = build_datasets(load_config(overrides={"data.path": str(path)}))
+    assert meta["labels"] == ["neg", "pos"]

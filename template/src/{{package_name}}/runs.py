@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
-import tempfile
+import secrets
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .config import TASK, Config, ConfigError, UserError
 
@@ -69,7 +71,10 @@ def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"cannot create the run folder {run_dir}: {error.strerror}") from None
+        raise UserError(
+            f"cannot create the run folder {run_dir}: {error.strerror}; "
+            "pick another --output-dir"
+        ) from None
     for stale in [*run_dir.glob(".*.tmp"), *(run_dir / "checkpoints").glob(".*.tmp")]:
         stale.unlink(missing_ok=True)
     write_atomically(run_dir / "config.yaml", config_text(cfg))
@@ -103,6 +108,11 @@ def find_checkpoint(which: str, output_dir: str | Path = "runs", name: str | Non
         # last: last.ckpt, or a newer one that Lightning wrote on a SLURM requeue signal
         if which == "best" or path.stem == "last" or path.stem.startswith("hpc_ckpt")
     ]
+    if not candidates and name and (output_dir / name).is_dir():
+        raise UserError(
+            f"run {output_dir / name} has no checkpoint yet (it stopped before its first "
+            f"evaluation); start it again with --name {name}, without --resume"
+        )
     if not candidates:
         where = output_dir / (name or "*")
         raise UserError(
@@ -120,7 +130,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's unpickler comments on files it refuses
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, not a torch file, a pickle of other objects...
         raise UserError(
             f"cannot read checkpoint {path}: not a checkpoint of this project, or a damaged "
@@ -135,10 +147,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def check_resumable(
-    checkpoint: dict[str, Any], cfg: Config, path: str | Path, engine: str, progress: dict
+    checkpoint: dict[str, Any],
+    cfg: Config,
+    path: str | Path,
+    engine: str,
+    progress_of: Callable[[dict[str, Any], int], dict[str, Any]],
 ) -> None:
     """Refuse to resume what cannot continue: another engine, other model settings, a
-    finished budget, or a run that stopped early. `progress` holds step, epoch, stopped."""
+    finished budget, or a run that stopped early. `progress_of(checkpoint, patience)` gives
+    step, epoch and stopped; it reads the engine's own keys, so it is asked only after the
+    engine is known to be this one."""
     if checkpoint.get("engine") != engine:
         raise UserError(
             f"{path} was written by the {checkpoint.get('engine')} engine, and this project "
@@ -156,6 +174,7 @@ def check_resumable(
             "resume with the settings it was trained with, or start a new run without --resume"
         )
     t = cfg.train
+    progress = progress_of(checkpoint, t.patience)
     if progress["step"] >= t.max_steps:
         raise UserError(
             f"{path} has trained its {t.max_steps} steps already; "
@@ -181,8 +200,33 @@ def save_atomically(obj: Any, path: Path) -> None:
     """
     import torch
 
-    with temporary_beside(path) as tmp:
-        torch.save(obj, tmp)
+    with temporary_beside(path) as tmp, tmp.open("wb") as file:
+        writer = RecordingWriter(file)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            # torch reports a failed write (a full disk...) as a RuntimeError about file
+            # positions; the OSError underneath says what happened.
+            if writer.error is None:
+                raise
+            raise writer.error from None
+
+
+class RecordingWriter(io.RawIOBase):
+    """A file's writes, remembering the OSError that torch.save would turn into another."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.error = file, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -193,21 +237,27 @@ def write_atomically(path: Path, text: str) -> None:
 @contextlib.contextmanager
 def temporary_beside(path: Path) -> Iterator[Path]:
     """A temporary file beside `path`, renamed over it on success, removed on failure."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
+        # Created as open() creates files (mode 0o666 less the umask), not 0o600 as
+        # tempfile.mkstemp would: the renamed file keeps the mode of the temporary one.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror}") from None
-    tmp = Path(name)
+        raise UserError(
+            f"cannot write {path}: {error.strerror}; pick another --output-dir"
+        ) from None
     try:
         yield tmp
         os.replace(tmp, path)
     except OSError as error:  # a full disk, a folder made read-only meanwhile...
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the next start removes it otherwise
+            tmp.unlink(missing_ok=True)
         raise UserError(
-            f"cannot write {path}: {error.strerror}; the previous file, if any, is intact"
+            f"cannot write {path}: {error.strerror}; the previous file, if any, is intact "
+            "(free some space, or pick another --output-dir)"
         ) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise

@@ -25,15 +25,25 @@ from .model import compute_loss
 
 
 class Diverged(Exception):
-    """The loss became nan or inf: training stops before that state is saved anywhere."""
+    """The loss became nan or inf: training stops before that state is saved anywhere.
 
-    def __init__(self, step: int, loss: float, lr: float):
+    The training loss is checked before each backward pass, the validation loss before
+    each evaluation is logged or saved (a step can turn the weights non-finite).
+    """
+
+    def __init__(self, step: int, loss: float, lr: float, which: str = "loss"):
         seen = loss if not math.isfinite(loss) else "nan or inf (in another process)"
         super().__init__(
-            f"training diverged at step {step}: the loss is {seen}; lower the learning rate "
+            f"training diverged at step {step}: the {which} is {seen}; lower the learning rate "
             f"(--lr, now {lr:.3g}) or look for extreme values in the data"
         )
         self.step = step
+
+
+def val_loss_metric() -> MeanMetric:
+    """The mean validation loss; a nan in it stays (by default torchmetrics drops it with a
+    warning), so that a diverged model is seen as one."""
+    return MeanMetric(nan_strategy=math.nan)
 
 
 class Interrupted(Exception):
@@ -215,7 +225,7 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     metrics.reset()
-    losses = MeanMetric().to(device)
+    losses = val_loss_metric().to(device)
     for inputs, targets in loader:
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -254,6 +264,11 @@ class StopSignals:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self.previous[signum] = signal.signal(signum, self.handle)
         return self
+
+    def reclaim(self) -> None:
+        """Handle SIGTERM here again, after a framework installed a handler of its own."""
+        if self.previous:  # installed: in the main thread
+            signal.signal(signal.SIGTERM, self.handle)
 
     def handle(self, signum: int, frame: Any) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:

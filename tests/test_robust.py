@@ -1,0 +1,945 @@
+"""Hostile inputs to a generated project: bad data, bad checkpoints and run folders, a
+full or read-only disk, divergence. Each ends in one line on stderr and a known exit code:
+2 for what the user can fix, 1 for a run that diverged; never a traceback, and nothing
+written outside the output folder.
+
+The many one-line cases of one installed project run in ONE process (see DRIVER), which
+calls the project's `cli.main()` as its console script would, so torch and Lightning are
+imported once per project rather than once per case. test_robust_signals.py and
+test_robust_slurm.py reuse the helpers of this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import math
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import TASKS, install, render, run
+
+# Runs `cli.main()` once per case, capturing fds 1 and 2 (Lightning's log handlers hold
+# the real stderr), and reports what each case printed, its exit code, any exception that
+# escaped, and the files it created or changed under the case's `watch` folders.
+DRIVER = r"""
+import importlib, json, os, sys, tempfile, traceback
+
+package, cases_path, results_path = sys.argv[1:4]
+cli = importlib.import_module(f"{package}.cli")
+
+
+def snapshot(folders):
+    files = {}
+    for folder in folders:
+        for root, dirs, names in os.walk(folder):
+            for name in names + dirs:
+                path = os.path.join(root, name)
+                stat = os.lstat(path)
+                files[path] = (stat.st_size, stat.st_mtime_ns)
+    return files
+
+
+results = []
+for case in json.load(open(cases_path)):
+    os.chdir(case["cwd"])
+    before = snapshot(case["watch"])
+    if case.get("setup"):
+        exec(case["setup"], {"package": package})
+    sys.argv = [case["prog"], *case["argv"]]
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(out.fileno(), 1), os.dup2(err.fileno(), 2)
+    code, exception = None, None
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    except BaseException:
+        code, exception = 1, traceback.format_exc()
+    finally:
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        os.close(saved[0]), os.close(saved[1])
+    after = snapshot(case["watch"])
+    out.seek(0), err.seek(0)
+    results.append({
+        "code": code,
+        "stdout": out.read().decode(errors="replace"),
+        "stderr": err.read().decode(errors="replace"),
+        "exception": exception,
+        "written": sorted(p for p in after if before.get(p) != after[p]),
+    })
+json.dump(results, open(results_path, "w"))
+"""
+
+CPU = ["--accelerator", "cpu", "--devices", "1", "--set", "train.num_workers=0"]
+FEW_STEPS = ["--max-steps", "3", "--set", "train.eval_every=1"]
+
+
+# --- installed projects ----------------------------------------------------------------
+
+
+@dataclass
+class Project:
+    """A generated project, installed in its own light venv."""
+
+    root: Path
+    python: Path
+    script: Path
+    package: str
+    slug: str
+
+    def drive(self, cases: list[Case], workdir: Path, timeout: float = 600) -> list[Case]:
+        """Run the cases in one process; fills in each case's result."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "driver.py").write_text(DRIVER)
+        (workdir / "cases.json").write_text(json.dumps([c.spec(self) for c in cases]))
+        env = {"MPLCONFIGDIR": str(workdir / "mpl")}
+        run(
+            [str(self.python), str(workdir / "driver.py"), self.package]
+            + [str(workdir / "cases.json"), str(workdir / "results.json")],
+            cwd=workdir,
+            timeout=timeout,
+            env=env,
+        )
+        results = json.loads((workdir / "results.json").read_text())
+        for case, result in zip(cases, results, strict=True):
+            case.result = result
+        return cases
+
+
+@dataclass
+class Case:
+    """One command of an installed project, and what must come of it."""
+
+    name: str
+    argv: list[str]
+    cwd: Path
+    code: int = 2
+    says: str = ""  # a part of the one line on stderr
+    starts: str = "error: "  # how that line starts
+    watch: list[Path] = field(default_factory=list)  # nothing may change in these...
+    may_write: list[Path] = field(default_factory=list)  # ...but under these
+    setup: str = ""  # Python run in the driver before the command
+    result: dict = field(default_factory=dict)
+
+    def spec(self, project: Project) -> dict:
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        return {
+            "prog": project.slug,
+            "argv": self.argv,
+            "cwd": str(self.cwd),
+            "watch": [str(p) for p in self.watch or [self.cwd]],
+            "setup": self.setup,
+        }
+
+    def problems(self) -> list[str]:
+        """What went wrong with this case, as lines of a test report."""
+        r = self.result
+        found = []
+        if r["exception"]:
+            found.append(f"exception:\n{r['exception']}")
+        if r["code"] != self.code:
+            found.append(f"exit code {r['code']}, expected {self.code}: {r['stderr'][-2000:]}")
+        if "Traceback" in r["stderr"] + r["stdout"]:
+            found.append(f"a traceback was printed:\n{r['stderr'][-3000:]}")
+        message = r["stderr"].strip()
+        if self.code != 0:
+            if not message.startswith(self.starts) or "\n" in message:
+                found.append(f"not one {self.starts!r} line on stderr:\n{message[-3000:]}")
+            if self.says not in message:
+                found.append(f"stderr lacks {self.says!r}: {message[-500:]}")
+        elif "warn" in message.lower():
+            found.append(f"a warning:\n{message[-2000:]}")
+        if "weights_only" in message:
+            found.append("passes on torch's weights_only advice")
+        allowed = [str(p) for p in self.may_write]
+        outside = [p for p in r["written"] if not any(p.startswith(a) for a in allowed)]
+        if outside:
+            found.append(f"wrote outside {allowed or 'nothing allowed'}: {outside[:5]}")
+        return found
+
+
+def check_all(cases: list[Case]) -> None:
+    failures = {c.name: c.problems() for c in cases}
+    failures = {name: p for name, p in failures.items() if p}
+    report = "\n".join(f"[{name}] " + "\n    ".join(p) for name, p in failures.items())
+    assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n{report}"
+    print(f"{len(cases)} cases: " + ", ".join(c.name for c in cases))
+
+
+# Installed projects and templates, shared by the test_robust* modules of a session (a
+# fixture imported into another module would be a second fixture, with its own cache).
+_TEMPLATE: list[Path] = []
+_PROJECTS: dict[tuple[str, str, str], Project] = {}
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory):
+    """installed(task, framework, hardware="cpu") -> Project, each installed once a session."""
+    return installer(tmp_path_factory)
+
+
+def installer(tmp_path_factory):
+    """What the `installed` fixture of each test_robust* module gives."""
+    from generator.questions import template_root
+
+    if not _TEMPLATE:  # the template outside git, as conftest's template_copy
+        root = tmp_path_factory.mktemp("robust-template")
+        shutil.copy(template_root() / "copier.yml", root)
+        shutil.copytree(template_root() / "template", root / "template")
+        _TEMPLATE.append(root)
+
+    def get(task: str, framework: str, hardware: str = "cpu") -> Project:
+        key = (task, framework, hardware)
+        if key not in _PROJECTS:
+            short = {"image": "img", "text": "txt", "tabular": "tab", "language": "lm"}
+            slug = f"rb-{short[task.split('-')[0]]}-{framework}-{hardware}"
+            base = tmp_path_factory.mktemp(slug)
+            root = render(
+                _TEMPLATE[0],
+                base / "project",
+                project_name=slug,
+                task=task,
+                framework=framework,
+                hardware=hardware,
+            )
+            it = install(root, base / "venv")
+            _PROJECTS[key] = Project(root, it.python, it.script, slug.replace("-", "_"), slug)
+        return _PROJECTS[key]
+
+    return get
+
+
+# --- data files --------------------------------------------------------------------------
+
+
+def write_rows(path: Path, header: list[str], rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def table(path: Path, n: int = 40, edit: dict | None = None) -> Path:
+    """A learnable table a,b,target of n rows; edit maps (row, column) to a cell's text."""
+    rows = [[i / n, (i * 7 % n) / n, 2 * i / n + 0.1] for i in range(n)]
+    for (row, column), value in (edit or {}).items():
+        rows[row][column] = value
+    return write_rows(path, ["a", "b", "target"], rows)
+
+
+def texts(path: Path, labels=("pos", "neg"), n: int = 40) -> Path:
+    words = {"pos": "great lovely fine", "neg": "dull awful slow", "odd": "strange"}
+    rows = [
+        [f"{words[labels[i % len(labels)]]} film {i}", labels[i % len(labels)]] for i in range(n)
+    ]
+    return write_rows(path, ["text", "label"], rows)
+
+
+def images(root: Path, classes=("cat", "dog"), per_class: int = 6) -> Path:
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.new("RGB", (20, 16), (200 * c, 40 * i, 90)).save(root / name / f"{i}.png")
+    return root
+
+
+def bomb_png(path: Path, side: int = 15000) -> Path:
+    """A small PNG file that announces side x side pixels (Pillow refuses it on opening)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    data = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
+    return path
+
+
+def truncated_jpeg(path: Path) -> Path:
+    from PIL import Image
+
+    Image.effect_noise((96, 96), 64).convert("RGB").save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    return path
+
+
+def every_mode(root: Path) -> Path:
+    """Two classes of images in every mode Pillow reads: grayscale, palette with
+    transparency, RGBA, CMYK, 1-bit and 16-bit grayscale."""
+    from PIL import Image
+
+    for c, name in enumerate(("cat", "dog")):
+        folder = root / name
+        folder.mkdir(parents=True)
+        shade = 60 + 120 * c
+        Image.new("L", (16, 16), shade).save(folder / "gray.png")
+        rgba = Image.new("RGBA", (16, 16), (shade, 0, 0, 128))
+        rgba.save(folder / "rgba.png")
+        rgba.quantize(colors=4).save(folder / "palette.png")
+        Image.new("CMYK", (16, 16), (0, shade, 0, 0)).save(folder / "cmyk.jpg")
+        Image.new("1", (16, 16), c).save(folder / "bits.png")
+        Image.new("I;16", (16, 16), shade * 256).save(folder / "sixteen.png")
+    return root
+
+
+# Image loading that fails in DataLoader worker processes only.
+FAIL_IN_A_WORKER = """
+import importlib, torch
+data = importlib.import_module(package + ".data")
+load_image = data.load_image
+
+def failing(path, size):
+    if torch.utils.data.get_worker_info() is not None:
+        raise data.DataError("cannot read image (in a worker)")
+    return load_image(path, size)
+
+data.load_image = failing
+"""
+
+
+def bad_data_cases(task: str, area: Path) -> list[Case]:
+    """Each data file of the task that must be refused with one line, and a few that must
+    be taken (a byte-order mark, images of every mode)."""
+    data, runs = area / "data", area / "runs"
+    data.mkdir(parents=True)
+
+    def train(name: str, path: Path, says: str, code: int = 2, extra=()) -> Case:
+        argv = ["train", *CPU, *FEW_STEPS, "--output-dir", str(runs), "--name", name]
+        argv += ["--data", str(path), *extra]
+        may_write = [runs] if code == 0 else []  # the output folder, when it trains
+        return Case(name, argv, area / "cwd", code, says, watch=[area], may_write=may_write)
+
+    folder = data / "a-folder.csv"
+    folder.mkdir()
+    cases = [
+        train("missing", data / "missing.csv", "does not exist"),
+        train("folder", folder, "is a folder"),
+    ]
+    if task == "tabular-regression":
+        latin = data / "latin1.csv"
+        latin.write_bytes("a,b,target\n1,2,3\ncaf\xe9,2,3\n".encode("latin-1"))
+        ragged = data / "long.csv"
+        ragged.write_text("a,b,target\n1,2,3\n4,5,6,7\n" * 5)
+        short = data / "short.csv"
+        short.write_text("a,b,target\n1,2,3\n4,5,6\n7,8\n" * 5)
+        cases += [
+            train(
+                "nan-cell",
+                table(data / "nan.csv", edit={(2, 1): "nan"}),
+                "line 4, column 'b': 'nan' is not a finite number",
+            ),
+            train(
+                "inf-cell",
+                table(data / "inf.csv", edit={(3, 0): "-inf"}),
+                "line 5, column 'a': '-inf' is not a finite number",
+            ),
+            train(
+                "nan-target",
+                table(data / "nant.csv", edit={(9, 2): "NaN"}),
+                "line 11, column 'target': 'NaN' is not a finite",
+            ),
+            train(
+                "float32-overflow",
+                table(data / "big.csv", edit={(1, 1): "1e39"}),
+                "'1e39' is beyond float32's range",
+            ),
+            train("one-row", table(data / "one.csv", n=1), "too few rows (1)"),
+            train("two-rows", table(data / "two.csv", n=2), "too few rows (2)"),
+            train("three-rows", table(data / "three.csv", n=3), "too few rows (3)"),
+            train(
+                "constant-target",
+                table(data / "flat.csv", edit={(i, 2): 7 for i in range(40)}),
+                "'target' has the same value, 7, on every row",
+            ),
+            train(
+                "word-cell",
+                table(data / "word.csv", edit={(0, 0): "red"}),
+                "line 2, column 'a': 'red' is not a number",
+            ),
+            train("extra-field", ragged, "line 3 has 4 fields, the header 3"),
+            train("missing-field", short, "line 4 has 2 fields, the header 3"),
+            train(
+                "duplicate-column",
+                write_rows(data / "dup.csv", ["a", "a", "target"], [[1, 2, 3]] * 9),
+                "names column 'a' twice",
+            ),
+            train(
+                "no-target",
+                write_rows(data / "nt.csv", ["a", "b"], [[1, 2]] * 9),
+                "expected a CSV with a 'target' column",
+            ),
+            train("not-utf8", latin, "not a readable UTF-8 CSV file"),
+            train(
+                "header-only",
+                write_rows(data / "empty.csv", ["a", "target"], []),
+                "has a header but no rows",
+            ),
+        ]
+        bom = table(data / "bom.csv")
+        bom.write_bytes(b"\xef\xbb\xbf" + bom.read_bytes())
+        cases.append(train("byte-order-mark", bom, "", code=0))
+        best = str(runs / "byte-order-mark" / "checkpoints" / "best.ckpt")
+        one = table(data / "eval-one.csv", n=1)
+        nan_rows = write_rows(data / "predict-nan.csv", ["a", "b"], [[1, 2], ["nan", 3]])
+        cases += [
+            Case(
+                "evaluate-one-row",
+                ["evaluate", "--checkpoint", best, "--data", str(one), "--accelerator", "cpu"],
+                area / "cwd",
+                2,
+                "R2 needs at least two",
+                watch=[area],
+            ),
+            Case(
+                "predict-nan",
+                ["predict", "--checkpoint", best, str(nan_rows)],
+                area / "cwd",
+                2,
+                "line 3, column 'a': 'nan' is not a finite number",
+                watch=[area],
+            ),
+        ]
+    elif task == "text-classification":
+        comma = data / "comma.csv"
+        comma.write_text("text,label\nfine film,pos\nslow, dull film,neg\n" * 5)
+        unlabelled = data / "unlabelled.csv"
+        unlabelled.write_text("text,label\nfine film,pos\njust a text\n" * 5)
+        latin = data / "latin1.csv"
+        latin.write_bytes("text,label\ncaf\xe9 film,pos\nbad,neg\n".encode("latin-1"))
+        cases += [
+            train(
+                "one-label",
+                texts(data / "same.csv", labels=("pos",)),
+                "every row has the label 'pos'",
+            ),
+            train("unquoted-comma", comma, "line 3 has more fields than the header"),
+            train("no-label", unlabelled, "line 3 has no label"),
+            train("one-row", texts(data / "one.csv", n=1), "has 1 rows; at least two are needed"),
+            train(
+                "wrong-columns",
+                write_rows(data / "cols.csv", ["sentence", "category"], [["a", "b"]] * 4),
+                "expected a CSV with columns text,label",
+            ),
+            train("not-utf8", latin, "not a readable UTF-8 CSV file"),
+            train("empty-file", data / "empty.csv", "got columns (none)"),
+        ]
+        (data / "empty.csv").write_text("")
+        bom = texts(data / "bom.csv")
+        bom.write_bytes(b"\xef\xbb\xbf" + bom.read_bytes())
+        cases.append(train("byte-order-mark", bom, "", code=0))
+        best = str(runs / "byte-order-mark" / "checkpoints" / "best.ckpt")
+        odd = texts(data / "odd.csv", labels=("pos", "odd"))
+        cases.append(
+            Case(
+                "evaluate-unknown-label",
+                ["evaluate", "--checkpoint", best, "--data", str(odd), "--accelerator", "cpu"],
+                area / "cwd",
+                2,
+                "labels ['odd'] are not among the trained ones",
+                watch=[area],
+            )
+        )
+    elif task == "image-classification":
+        bomb = images(data / "bomb")
+        bomb_png(bomb / "dog" / "huge.png")
+        cut = images(data / "cut")
+        truncated_jpeg(cut / "cat" / "photo.jpg")
+        broken = images(data / "broken")
+        (broken / "dog" / "notes.png").write_text("not an image")
+        lonely = images(data / "lonely", classes=("cat",))
+        hollow = images(data / "hollow")
+        (hollow / "bird").mkdir()
+        half = images(data / "half" / "train")
+        (data / "a-file.png").write_bytes(b"")
+        cases = [c for c in cases if c.name != "folder"]
+        cases += [
+            train("decompression-bomb", bomb, "huge.png is too large to decode safely"),
+            train("truncated-jpeg", cut, "photo.jpg (image file is truncated"),
+            train("not-an-image", broken, "cannot read image"),
+            train("a-file", data / "a-file.png", "is a file, not a folder"),
+            train("one-class", lonely, "has 1 class sub-folders; expected at least two"),
+            train("empty-class", hollow, "bird holds no images"),
+            train("train-without-val", half.parent, "has train/ but no val/"),
+            train("every-mode", every_mode(data / "modes"), "", code=0),
+            # Last (its setup stays): an image that fails in a DataLoader worker process,
+            # whose error comes back wrapped in the worker's traceback.
+            Case(
+                "error-in-a-loader-worker",
+                [
+                    "train",
+                    *CPU,
+                    *FEW_STEPS,
+                    "--set",
+                    "train.num_workers=1",
+                    "--output-dir",
+                    str(runs),
+                    "--name",
+                    "worker",
+                    "--data",
+                    str(images(data / "fine")),
+                ],
+                area / "cwd",
+                2,
+                "cannot read image (in a worker)",
+                watch=[area],
+                may_write=[runs],
+                setup=FAIL_IN_A_WORKER,
+            ),
+        ]
+    else:
+        (data / "empty.txt").write_text(" \n")
+        (data / "binary.txt").write_bytes(b"\xff\xfe\x00\x81" * 64)
+        (data / "short.txt").write_text("just a few words\n")
+        (data / "bom.txt").write_bytes(b"\xef\xbb\xbf" + b"the cat sat on the mat.\n" * 40)
+        cases += [
+            train("empty", data / "empty.txt", "is empty"),
+            train("not-utf8", data / "binary.txt", "is not UTF-8 text"),
+            train("too-short", data / "short.txt", "too few for block_size"),
+            train("byte-order-mark", data / "bom.txt", "", code=0),
+        ]
+    return cases
+
+
+def diverging_cases(task: str, area: Path) -> list[Case]:
+    """An absurd learning rate: one line naming the step and the loss, exit 1."""
+    argv = ["train", *CPU, "--max-steps", "10", "--set", "train.eval_every=1", "--lr", "1e6"]
+    argv += ["--output-dir", str(area / "runs"), "--name", "diverge"]
+    return [
+        Case(
+            "lr-1e6",
+            argv,
+            area / "cwd",
+            code=1,
+            says="training diverged at step ",
+            watch=[area],
+            may_write=[area / "runs"],
+        )
+    ]
+
+
+def checkpoint_step(path: Path) -> int:
+    import torch
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint["state"]["step"] if "state" in checkpoint else checkpoint["global_step"]
+
+
+def checkpoint_is_finite(path: Path) -> bool:
+    import torch
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    weights = checkpoint.get("model") or checkpoint["state_dict"]
+    return all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def check_divergence(case: Case) -> None:
+    """Nothing of the diverged state was saved: every checkpoint is older, and finite."""
+    message = case.result["stderr"].strip()
+    step = int(message.split("at step ")[1].split(":")[0])
+    assert "the loss is" in message or "the validation loss is" in message, message
+    assert message.split(" is ")[1].split(";")[0] in ("nan", "inf", "-inf"), message
+    folder = Path(case.argv[case.argv.index("--output-dir") + 1]) / "diverge"
+    checkpoints = list((folder / "checkpoints").glob("*"))
+    assert all(p.suffix == ".ckpt" for p in checkpoints), checkpoints  # no temporary left
+    for path in checkpoints:
+        assert checkpoint_step(path) < step and checkpoint_is_finite(path), path
+    last = folder / "checkpoints" / "last.ckpt"
+    assert (f"the last good checkpoint is {last}" in message) == last.is_file(), message
+    with (folder / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert all(math.isfinite(float(v)) for row in rows for v in row.values()), rows
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("framework", ["raw", "lightning"])
+@pytest.mark.parametrize("task", TASKS)
+def test_bad_data_is_one_line_and_divergence_stops_cleanly(task, framework, installed, tmp_path):
+    project = installed(task, framework)
+    area = tmp_path / "area"
+    cases = bad_data_cases(task, area) + diverging_cases(task, area)
+    check_all(project.drive(cases, tmp_path / "driver"))
+    check_divergence(cases[-1])
+
+
+# --- checkpoints and run folders ---------------------------------------------------------
+
+OTHER = {"raw": "lightning", "lightning": "raw"}
+
+
+_TRAINED: dict[tuple[str, str], Path] = {}
+
+
+@pytest.fixture(scope="session")
+def trained(installed, tmp_path_factory):
+    """trained(task, framework) -> the folder of a finished 3-step run of that project."""
+    runs = _TRAINED
+
+    def get(task: str, framework: str) -> Path:
+        if (task, framework) not in runs:
+            project = installed(task, framework)
+            output = tmp_path_factory.mktemp(f"trained-{framework}")
+            run(
+                [str(project.script), "train", *CPU, *FEW_STEPS]
+                + ["--output-dir", str(output), "--name", "done"],
+                cwd=output,
+            )
+            runs[task, framework] = output / "done"
+        return runs[task, framework]
+
+    return get
+
+
+def checkpoint_cases(framework: str, area: Path, other_run: Path) -> list[Case]:
+    """Checkpoints of the other engine, of no run folder, damaged, malicious; run names
+    that are paths; output folders that cannot be."""
+    runs, home, cwd = area / "runs", area / "home", area / "cwd"
+    done = runs / "done"
+    last = done / "checkpoints" / "last.ckpt"
+    downloads = home / "Downloads"
+    downloads.mkdir(parents=True)
+    shutil.copy(last, downloads / "last.ckpt")
+    (runs / "killed" / "checkpoints").mkdir(parents=True)  # a run killed before a checkpoint
+    shutil.copy(done / "config.yaml", runs / "killed" / "config.yaml")
+    damaged = area / "damaged.ckpt"
+    damaged.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    (area / "text.ckpt").write_text("not a checkpoint")
+    (area / "folder.ckpt").mkdir()
+    evil = area / "evil.ckpt"
+    # A pickle that would create a file when loaded with weights_only=False.
+    evil.write_bytes(pickle.dumps(Payload(str(area / "pwned"))))
+    import torch
+
+    torch.save({"task": "something-else", "config": {}}, area / "alien.ckpt")
+    (area / "a-file").write_text("")
+    (area / "folder.yaml").mkdir()
+    other = other_run / "checkpoints" / "last.ckpt"
+
+    def case(name, *argv, says="", code=2, may_write=(), watch=(area,)):
+        watch = [*watch]
+        return Case(name, list(argv), cwd, code, says, watch=watch, may_write=[*may_write])
+
+    train = ["train", *CPU, "--output-dir", str(runs)]
+    folder_name = "must be a folder name, without '/'"
+    unreadable = "cannot read checkpoint"
+    return [
+        case(
+            "resume-other-engine",
+            *train,
+            "--resume",
+            str(other),
+            "--max-steps",
+            "6",
+            says=f"was written by the {OTHER[framework]} engine",
+            watch=(area, other_run),
+        ),
+        case(
+            "evaluate-other-engine",
+            "evaluate",
+            "--checkpoint",
+            str(other),
+            "--accelerator",
+            "cpu",
+            says=f"was written by the {OTHER[framework]} engine",
+            watch=(area, other_run),
+        ),
+        case(
+            "resume-outside-a-run-folder",
+            *train,
+            "--resume",
+            str(downloads / "last.ckpt"),
+            "--max-steps",
+            "6",
+            says="is not in a run folder (runs/<name>/checkpoints/); "
+            "to start a new run from it, add --name NEW",
+        ),
+        case(
+            "resume-outside-with-a-new-name",
+            *train,
+            "--resume",
+            str(downloads / "last.ckpt"),
+            "--max-steps",
+            "5",
+            "--name",
+            "from-downloads",
+            code=0,
+            may_write=[runs],  # the output folder only: nothing beside the checkpoint
+        ),
+        case("name-parent-path", *train, "--name", "../../x", says=folder_name),
+        case("name-nested", *train, "--name", "a/b", says=folder_name),
+        case("name-dot-dot", *train, "--name", "..", says=folder_name),
+        case("name-dot", *train, "--name", ".", says=folder_name),
+        case("name-empty", *train, "--name", "", says=folder_name),
+        case("name-absolute", *train, "--name", str(home / "x"), says=folder_name),
+        case("name-trailing-slash", *train, "--name", "x/", says=folder_name),
+        case(
+            "resume-a-run-without-checkpoint",
+            *train,
+            "--resume",
+            "last",
+            "--name",
+            "killed",
+            says="has no checkpoint yet (it stopped before its first evaluation); start it "
+            "again with --name killed, without --resume",
+        ),
+        case(
+            "restart-a-run-without-checkpoint",
+            *train,
+            *FEW_STEPS,
+            "--name",
+            "killed",
+            code=0,
+            may_write=[runs / "killed"],
+        ),
+        case("name-taken", *train, "--name", "done", says="exists already"),
+        case(
+            "resume-with-nothing-to-resume",
+            "train",
+            *CPU,
+            "--output-dir",
+            str(area / "none"),
+            "--resume",
+            "last",
+            says="train first",
+        ),
+        case(
+            "resume-spent-budget",
+            *train,
+            "--resume",
+            "last",
+            "--name",
+            "done",
+            says="has trained its 3 steps already",
+        ),
+        case(
+            "resume-other-model",
+            *train,
+            "--resume",
+            str(last),
+            "--max-steps",
+            "6",
+            "--set",
+            "model.hidden=32",
+            says="was trained with other model settings",
+        ),
+        case("resume-damaged", *train, "--resume", str(damaged), says=unreadable),
+        case("evaluate-damaged", "evaluate", "--checkpoint", str(damaged), says=unreadable),
+        case(
+            "evaluate-not-a-checkpoint",
+            "evaluate",
+            "--checkpoint",
+            str(area / "text.ckpt"),
+            says=unreadable,
+        ),
+        case("evaluate-malicious-pickle", "evaluate", "--checkpoint", str(evil), says=unreadable),
+        case("resume-malicious-pickle", *train, "--resume", str(evil), says=unreadable),
+        case(
+            "evaluate-other-task",
+            "evaluate",
+            "--checkpoint",
+            str(area / "alien.ckpt"),
+            says="is not a checkpoint of this project",
+        ),
+        case(
+            "checkpoint-is-a-folder",
+            "evaluate",
+            "--checkpoint",
+            str(area / "folder.ckpt"),
+            says="is a folder; give a .ckpt file inside it",
+        ),
+        case(
+            "checkpoint-missing",
+            "evaluate",
+            "--checkpoint",
+            str(area / "nope.ckpt"),
+            says="does not exist",
+        ),
+        case(
+            "output-dir-is-a-file",
+            *train[:-1],
+            str(area / "a-file"),
+            *FEW_STEPS,
+            says="cannot create the run folder",
+        ),
+        case(
+            "output-dir-under-a-file",
+            *train[:-1],
+            str(area / "a-file" / "runs"),
+            *FEW_STEPS,
+            says="cannot create the run folder",
+        ),
+        case(
+            "config-is-a-folder",
+            *train,
+            "--config",
+            str(area / "folder.yaml"),
+            says="is a folder, not a file",
+        ),
+        case("lr-inf", *train, "--lr", "inf", says="must be finite numbers"),
+        case("lr-nan", *train, "--lr", "nan", says="must be finite numbers"),
+        case("lr-overflow", *train, "--set", "train.lr=1e999", says="must be finite numbers"),
+        # Last: it trains on. The run folder was copied here from elsewhere.
+        case(
+            "resume-a-moved-run",
+            *train,
+            "--resume",
+            "last",
+            "--name",
+            "done",
+            "--max-steps",
+            "6",
+            "--set",
+            "train.eval_every=1",
+            code=0,
+            may_write=[done],
+        ),
+    ]
+
+
+class Payload:
+    """Unpickled, it would create a file: it must never be."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("framework", ["raw", "lightning"])
+def test_checkpoints_and_run_folders_are_one_line(framework, installed, trained, tmp_path):
+    task = "tabular-regression"
+    project = installed(task, framework)
+    area = tmp_path / "area"
+    shutil.copytree(trained(task, framework), area / "runs" / "done")
+    cases = checkpoint_cases(framework, area, trained(task, OTHER[framework]))
+    check_all(project.drive(cases, tmp_path / "driver"))
+    assert not (area / "pwned").exists(), "a checkpoint's pickle ran code"
+    # The new run from a checkpoint outside a run folder is a run folder of its own.
+    started = area / "runs" / "from-downloads"
+    assert {"config.yaml", "metrics.csv"} <= {p.name for p in started.iterdir()}
+    assert checkpoint_step(started / "checkpoints" / "last.ckpt") == 5
+    # The moved run kept its record: best.ckpt is still its best evaluation.
+    with (area / "runs" / "done" / "metrics.csv").open() as file:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(file)]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
+    best = min(rows, key=lambda row: row["val/mse"])
+    assert checkpoint_step(area / "runs" / "done" / "checkpoints" / "best.ckpt") == best["step"]
+
+
+# --- a disk that is full or read-only ----------------------------------------------------
+
+
+def mount_tmpfs(path: Path, size: str) -> bool:
+    """A small filesystem of its own at `path`: needs root (else False)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)])
+    return done.returncode == 0
+
+
+def fill(disk: Path, leave_kib: int = 16) -> None:
+    """Fill the filesystem of `disk`, but for leave_kib KiB."""
+    free = shutil.disk_usage(disk).free - leave_kib * 1024
+    with (disk / "filler").open("wb") as file:
+        while free > 0:
+            chunk = min(free, 1 << 20)
+            try:
+                file.write(b"\0" * chunk)
+                file.flush()
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+                break
+            free -= chunk
+
+
+def file_states(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def disk_cases(disk: Path, cwd: Path, says: tuple[str, str]) -> list[Case]:
+    """Resuming the run `done` on `disk`, and starting a new one there: both refused."""
+    checkpoints = disk / "done" / "checkpoints"
+    resume = ["train", *CPU, "--output-dir", str(disk), "--resume", "last"]
+    resume += ["--name", "done", "--max-steps", "6"]
+    new = ["train", *CPU, *FEW_STEPS, "--output-dir", str(disk), "--name", "new"]
+    return [
+        Case("resume", resume, cwd, says=says[0], watch=[checkpoints]),
+        Case("new-run", new, cwd, says=says[1], watch=[checkpoints]),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("framework", ["raw", "lightning"])
+def test_a_full_disk_is_one_line_and_keeps_the_checkpoints(framework, installed, trained, tmp_path):
+    project = installed("tabular-regression", framework)
+    disk = tmp_path / "disk"
+    if not mount_tmpfs(disk, "4m"):
+        pytest.skip("mounting a small tmpfs needs root: no full disk to try")
+    try:
+        shutil.copytree(trained("tabular-regression", framework), disk / "done")
+        checkpoints = disk / "done" / "checkpoints"
+        kept = file_states(checkpoints)
+        fill(disk)
+        space = "No space left on device"
+        cases = project.drive(disk_cases(disk, tmp_path / "cwd", (space, space)), tmp_path / "d")
+        check_all(cases)
+        assert file_states(checkpoints) == kept  # no temporary left, nothing overwritten
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("framework", ["raw", "lightning"])
+def test_a_read_only_output_folder_is_one_line_and_keeps_the_checkpoints(
+    framework, installed, trained, tmp_path
+):
+    project = installed("tabular-regression", framework)
+    disk = tmp_path / "disk"
+    root = os.geteuid() == 0  # root writes through permissions: a read-only mount instead
+    if root and not mount_tmpfs(disk, "4m"):
+        pytest.skip("as root, a read-only folder needs a read-only mount, and mount failed")
+    try:
+        shutil.copytree(trained("tabular-regression", framework), disk / "done")
+        checkpoints = disk / "done" / "checkpoints"
+        kept = file_states(checkpoints)
+        if root:
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+            says = ("Read-only file system", "Read-only file system")
+        else:
+            for folder in (checkpoints, checkpoints.parent, disk):
+                folder.chmod(0o555)
+            says = ("Permission denied", "Permission denied")
+        cases = project.drive(disk_cases(disk, tmp_path / "cwd", says), tmp_path / "d")
+        check_all(cases)
+        assert file_states(checkpoints) == kept
+    finally:
+        if root:
+            subprocess.run(["umount", "-l", str(disk)])
+        else:
+            for folder in (disk, disk / "done", disk / "done" / "checkpoints"):
+                folder.chmod(0o755)

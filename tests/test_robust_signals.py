@@ -1,0 +1,335 @@
+"""Signals, kills and divergence in the middle of a run, in both styles: whatever stops a
+run, the checkpoints left are whole, and `--resume last` ends with the metrics of a run
+that was never stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import command_env, run
+from test_robust import CPU, FEW_STEPS, Case, check_all, checkpoint_step, installer
+
+pytestmark = pytest.mark.slow
+
+# Tabular regression: 1600 training rows in batches of 64, 25 steps an epoch.
+RUN = [*CPU, "--max-steps", "15", "--set", "train.eval_every=5", "--seed", "3"]
+STEPS_PER_EPOCH = 25
+
+# The process signals itself during the 7th training step (mid-epoch, between two
+# evaluations), as Ctrl-C or a `kill` would; the engine's handler takes it from there.
+SIGNAL_AT_STEP = """
+import importlib, os, signal, torch
+engine = importlib.import_module(package + ".engine")
+compute_loss = engine.compute_loss
+steps = []
+
+def signalling_loss(outputs, targets):
+    if torch.is_grad_enabled():
+        steps.append(1)
+        if len(steps) == {at}:
+            os.kill(os.getpid(), signal.{name})
+    return compute_loss(outputs, targets)
+
+engine.compute_loss = signalling_loss
+"""
+
+
+def metrics_text(run_dir: Path) -> str:
+    return (run_dir / "metrics.csv").read_text()
+
+
+def leftovers(run_dir: Path) -> list[Path]:
+    """Temporary files of interrupted writes."""
+    return sorted(run_dir.rglob(".*.tmp"))
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the run ended before {path} appeared"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory):
+    return installer(tmp_path_factory)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("framework", ["raw", "lightning"])
+def test_a_signal_mid_epoch_saves_and_the_printed_command_resumes_exactly(
+    framework, signum, installed, tmp_path
+):
+    project = installed("tabular-regression", framework)
+    area = tmp_path / "area"
+    runs = area / "my runs"  # a space: the printed command must quote the path
+    train = ["train", *RUN, "--output-dir", str(runs)]
+    name = signal.Signals(signum).name
+    cases = [
+        Case("uninterrupted", [*train, "--name", "ref"], area, 0, may_write=[runs]),
+        Case(
+            name,
+            [*train, "--name", "stopped"],
+            area,
+            128 + signum,
+            says=f"interrupted ({name} after step 7): saved ",
+            starts="interrupted",
+            setup=SIGNAL_AT_STEP.format(at=7, name=name),
+            may_write=[runs],
+        ),
+    ]
+    check_all(project.drive(cases, tmp_path / "driver"))
+    run_dir = runs / "stopped"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint_step(last) == 7 and 7 % STEPS_PER_EPOCH  # mid-epoch, mid-interval
+    command = cases[1].result["stderr"].strip().split("continue with: ")[1]
+    assert command.startswith(f"{project.slug} train --resume "), command
+
+    # The command as printed, in a shell, finishes the run as if it had never stopped.
+    path = f"{project.script.parent}{os.pathsep}{os.environ['PATH']}"
+    run(["bash", "-c", command], cwd=area, env={"PATH": path})
+    assert metrics_text(run_dir) == metrics_text(runs / "ref")
+    assert checkpoint_step(last) == 15
+    assert not leftovers(run_dir)
+
+
+# Sends a signal to the process itself during the first evaluation after step `at`.
+SIGNAL_DURING_EVALUATION = """
+import importlib, os, signal
+engine = importlib.import_module(package + ".engine")
+fired = []
+
+def signal_once(step):
+    if step >= {at} and not fired:
+        fired.append(step)
+        os.kill(os.getpid(), signal.{name})
+
+if hasattr(engine, "TaskModule"):  # Lightning: in its validation loop
+    validation_step = engine.TaskModule.validation_step
+
+    def patched(self, batch, batch_idx):
+        signal_once(self.global_step)
+        return validation_step(self, batch, batch_idx)
+
+    engine.TaskModule.validation_step = patched
+else:  # raw: in the loop's evaluation
+    evaluate = engine.Loop.evaluate
+
+    def patched(self, trial=None):
+        signal_once(self.state.step)
+        return evaluate(self, trial)
+
+    engine.Loop.evaluate = patched
+"""
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("framework", ["raw", "lightning"])
+def test_sigterm_during_an_evaluation_stops_after_the_next_step(framework, installed, tmp_path):
+    """Lightning's own SIGTERM handling ended such a run with exit code 0 and no checkpoint."""
+    project = installed("text-classification", framework)  # 7 validation batches
+    area = tmp_path / "area"
+    runs = area / "runs"
+    common = ["train", *CPU, "--max-steps", "6", "--set", "train.eval_every=2"]
+    common += ["--output-dir", str(runs)]
+    setup = SIGNAL_DURING_EVALUATION.format(at=2, name="SIGTERM")
+    last = runs / "stopped" / "checkpoints" / "last.ckpt"
+    cases = [
+        Case("reference", [*common, "--name", "ref"], area, 0, may_write=[runs]),
+        Case(
+            "stopped",
+            [*common, "--name", "stopped"],
+            area,
+            128 + signal.SIGTERM,
+            says="interrupted (SIGTERM after step 3): saved",
+            starts="interrupted",
+            setup=setup,
+            may_write=[runs],
+        ),
+        Case("resumed", ["train", "--resume", str(last)], area, 0, may_write=[runs]),
+    ]
+    check_all(project.drive(cases, tmp_path / "driver"))
+    assert metrics_text(runs / "stopped") == metrics_text(runs / "ref")
+
+
+# Kills the process when it starts writing the temporary file of last.ckpt's next version
+# (its second opening: the first creates it), or when it opens last.ckpt itself for
+# writing, as Lightning's own writer did when copying across filesystems.
+KILL_DURING_SAVE = """
+import os, signal, sys
+
+opened = {}
+
+def hook(event, args):
+    if event != "open" or not isinstance(args[0], str):
+        return
+    path, mode, flags = args
+    folder, name = os.path.split(path)
+    if not os.path.exists(os.path.join(folder, "last.ckpt")):
+        return  # no good checkpoint to lose yet
+    writing = "w" in (mode or "") or (flags or 0) & (os.O_WRONLY | os.O_RDWR)
+    if name.startswith(".last.ckpt.") and name.endswith(".tmp"):
+        opened[path] = opened.get(path, 0) + 1
+        if opened[path] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    elif name == "last.ckpt" and writing:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sys.addaudithook(hook)
+"""
+
+
+def files_in(folder: Path) -> list[Path]:
+    """The files under folder (torch may leave an empty cache folder in TMPDIR)."""
+    return [p for p in folder.rglob("*") if not p.is_dir()]
+
+
+def other_filesystem(tmp_path: Path) -> Path:
+    """A temporary folder on another filesystem than tmp_path (/dev/shm, a tmpfs)."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        if shm.stat().st_dev != tmp_path.stat().st_dev:
+            return Path(tempfile.mkdtemp(dir=shm, prefix="robust-"))
+    pytest.skip("no writable /dev/shm on another filesystem than the test's folder")
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("framework", ["raw", "lightning"])
+def test_a_kill_during_a_save_leaves_a_loadable_checkpoint(framework, installed, tmp_path):
+    project = installed("tabular-regression", framework)
+    tmpdir = other_filesystem(tmp_path)
+    try:
+        env = {"TMPDIR": str(tmpdir), "MPLCONFIGDIR": str(tmp_path / "mpl")}
+        runs = tmp_path / "runs"
+        common = ["train", *CPU, "--max-steps", "6", "--set", "train.eval_every=2"]
+        common += ["--output-dir", str(runs)]
+        run([str(project.script), *common, "--name", "ref"], cwd=tmp_path, env=env)
+        argv = [project.slug, *common, "--name", "killed"]
+        script = KILL_DURING_SAVE + (
+            f"from {project.package}.cli import main\nsys.argv = {argv!r}\nmain()\n"
+        )
+        killed = run([str(project.python), "-c", script], cwd=tmp_path, env=env, check=False)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        checkpoints = runs / "killed" / "checkpoints"
+        # The kill came as step 4's last.ckpt was being written: step 2's is whole.
+        assert checkpoint_step(checkpoints / "last.ckpt") == 2
+        assert leftovers(checkpoints), "the killed write left no temporary file"
+        assert not files_in(tmpdir), "a checkpoint was staged in TMPDIR"
+
+        resume = [str(project.script), "train", "--resume", "last", "--name", "killed"]
+        run([*resume, "--output-dir", str(runs)], cwd=tmp_path, env=env)
+        assert not leftovers(runs / "killed"), "the next start left the stale temporary file"
+        assert not files_in(tmpdir), "a checkpoint was staged in TMPDIR"
+        assert metrics_text(runs / "killed") == metrics_text(runs / "ref")
+    finally:
+        subprocess.run(["rm", "-rf", str(tmpdir)])
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("framework", ["raw", "lightning"])
+def test_a_run_killed_before_its_first_checkpoint_starts_again(framework, installed, tmp_path):
+    project = installed("image-classification", framework)
+    runs = tmp_path / "runs"
+    # Image classification: its first evaluation comes seconds after config.yaml.
+    image_run = [*CPU, "--max-steps", "30", "--set", "train.eval_every=10"]
+    process = subprocess.Popen(
+        [str(project.script), "train", *image_run, "--output-dir", str(runs), "--name", "k"],
+        cwd=tmp_path,
+        env=command_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(runs / "k" / "config.yaml", process)
+    process.kill()
+    assert process.wait() == -signal.SIGKILL
+    assert not list((runs / "k" / "checkpoints").glob("*.ckpt")), "too late: it had one"
+    area = tmp_path / "area"
+    train = ["train", *CPU, "--output-dir", str(runs)]
+    cases = [
+        Case(
+            "resume-it",
+            [*train, "--resume", "last", "--name", "k"],
+            area,
+            says="has no checkpoint yet",
+            watch=[runs],
+        ),
+        Case(
+            "start-it-again",
+            [*train, *FEW_STEPS, "--name", "k"],
+            area,
+            0,
+            watch=[runs],
+            may_write=[runs / "k"],
+        ),
+    ]
+    check_all(project.drive(cases, tmp_path / "driver"))
+    assert checkpoint_step(runs / "k" / "checkpoints" / "last.ckpt") == 3
+
+
+# A nan loss at the first training step of this process.
+NAN_LOSS = """
+import importlib, torch
+engine = importlib.import_module(package + ".engine")
+compute_loss = engine.compute_loss
+
+def nan_loss(outputs, targets):
+    loss = compute_loss(outputs, targets)
+    return loss * float("nan") if torch.is_grad_enabled() else loss
+
+engine.compute_loss = nan_loss
+"""
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("framework", ["raw", "lightning"])
+def test_a_nan_loss_leaves_the_previous_checkpoints_as_they_were(framework, installed, tmp_path):
+    project = installed("tabular-regression", framework)
+    area = tmp_path / "area"
+    runs = area / "runs"
+    checkpoints = runs / "good" / "checkpoints"
+    train = ["train", *CPU, "--output-dir", str(runs), "--name", "good"]
+    cases = [
+        Case(
+            "two-good-steps",
+            [*train, "--max-steps", "2", "--set", "train.eval_every=1"],
+            area,
+            0,
+            may_write=[runs],
+        ),
+        # Resumed, its first step's loss is nan: exit 1, and last.ckpt and best.ckpt are
+        # not touched (metrics.csv and config.yaml are rewritten by any resume).
+        Case(
+            "then-nan",
+            [
+                "train",
+                "--resume",
+                "last",
+                "--name",
+                "good",
+                "--output-dir",
+                str(runs),
+                "--max-steps",
+                "6",
+            ],
+            area,
+            1,
+            says="training diverged at step 3: the loss is nan; lower the learning rate "
+            "(--lr, now ",
+            setup=NAN_LOSS,
+            watch=[checkpoints],
+        ),
+    ]
+    check_all(project.drive(cases, tmp_path / "driver"))
+    message = cases[1].result["stderr"]
+    assert f"the last good checkpoint is {checkpoints / 'last.ckpt'}" in message
+    assert checkpoint_step(checkpoints / "last.ckpt") == 2
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from .config import Config, UserError
+from .splits import split_indices
 
 
 class DataError(UserError):
@@ -31,9 +32,7 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
         columns, x, y = make_table(2000, cfg.train.seed)
     else:
         columns, x, y = read_csv(Path(cfg.data.path), cfg.data.target)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.train.seed))
-    n_val = max(1, math.floor(len(y) * cfg.data.val_split))
-    val_rows, train_rows = order[:n_val], order[n_val:]
+    train_rows, val_rows = split_indices(len(y), cfg)
     if meta is None:
         x_train, y_train = x[train_rows], y[train_rows]
         meta = {

@@ -39,6 +39,7 @@ from .model import (
     build_model,
     compute_loss,
 )
+from .record import write_record
 from .runs import (
     RUN_NAME_ENV,
     check_resumable,
@@ -79,7 +80,11 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     try:
         loop = Loop(cfg, resume, rank, world_size, device)
         with StopSignals() as signals:
-            outcome = loop.run(signals, trial)
+            try:
+                outcome = loop.run(signals, trial)
+            except BaseException as error:  # the tracker's run ends as failed or killed
+                loop.close(error)
+                raise
         loop.close()
         return outcome
     finally:
@@ -137,9 +142,14 @@ class Loop:
             self.net = DistributedDataParallel(self.model, device_ids=ids)
 
         self.log, self.progress = None, Progress(self.state.step, t.max_steps, self.master)
+        self.record = None  # what produced the run, in short; checkpoints carry it
         if self.master:
             prepare_run_dir(self.run_dir, cfg)
-            self.log = MetricsLog(self.run_dir, cfg, self.state.step if continuing else None)
+            self.record = write_record(self.run_dir, continuing)
+            resumed_step = self.state.step if continuing else None
+            # A continued run logs into its tracker run of before.
+            run_id = checkpoint and checkpoint.get("tracker_run_id")
+            self.log = MetricsLog(self.run_dir, cfg, resumed_step, run_id)
             parameters = sum(p.numel() for p in self.model.parameters())
             self.progress.print(f"{type(self.model).__name__}: {parameters:,} parameters")
         # What a model that learned nothing scores on the validation split.
@@ -214,7 +224,9 @@ class Loop:
         """Evaluate, then log a row and write last.ckpt (and best.ckpt when it improved).
         Returns whether early stopping ends the run."""
         t, state = self.cfg.train, self.state
-        scores = evaluate_model(self.model, self.val_loader, self.metrics, self.device, self.autocast)
+        scores = evaluate_model(
+            self.model, self.val_loader, self.metrics, self.device, self.autocast
+        )
         row = {
             "step": state.step,
             "epoch": state.epoch + 1,
@@ -270,6 +282,8 @@ class Loop:
             "train_loss": self.train_loss.state_dict(),
             "loader": self.train_loader.state_dict(),
             "rng": get_rng_state(),
+            "tracker_run_id": self.log.tracker.run_id,
+            "record": self.record,
         }
         for name in filter(None, names):
             save_atomically(checkpoint, self.run_dir / "checkpoints" / name)
@@ -293,11 +307,11 @@ class Loop:
             return None
         return Outcome(reason, self.state.best, self.state.last, self.baseline)
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
         self.progress.close()
         if self.log is not None:
-            self.log.close()
-        if self.world_size > 1:
+            self.log.close(error)
+        if self.world_size > 1 and error is None:
             dist.barrier()  # leave together
             # Free DDP's reducer now, while the process group exists: freed at exit, after
             # the group, it can abort the process ("terminate called without an active

@@ -167,7 +167,8 @@ class Evaluations(L.Callback):
         self.tracker_run_id = tracker_run_id  # a continued run logs into its tracker run
         self.best: dict[str, float] = {}
         self.last: dict[str, float] = {}
-        self.log, self.progress = None, None
+        # Not self.log: Lightning sets every callback's `log` to the module's log method.
+        self.metrics_log, self.progress = None, None
 
     def on_train_start(self, trainer: L.Trainer, module: TaskModule) -> None:
         t = self.cfg.train
@@ -177,7 +178,9 @@ class Evaluations(L.Callback):
         self.progress = Progress(trainer.global_step, t.max_steps, trainer.is_global_zero)
         if trainer.is_global_zero:
             resumed_step = trainer.global_step if self.continuing else None
-            self.log = MetricsLog(self.cfg.run_dir, self.cfg, resumed_step, self.tracker_run_id)
+            self.metrics_log = MetricsLog(
+                self.cfg.run_dir, self.cfg, resumed_step, self.tracker_run_id
+            )
             parameters = sum(p.numel() for p in module.model.parameters())
             self.progress.print(f"{type(module.model).__name__}: {parameters:,} parameters")
         # What a model that learned nothing scores on the validation split.
@@ -219,7 +222,7 @@ class Evaluations(L.Callback):
         if improved(row[MONITOR], self.best.get(MONITOR), MONITOR_MODE):
             self.best = row
         if trainer.is_global_zero:
-            self.log.write(row)
+            self.metrics_log.write(row)
             self.progress.print(describe(row, self.cfg.train.max_steps))
         if self.trial is not None:
             self.trial.report(row[MONITOR], trainer.global_step)  # an Optuna sweep may prune
@@ -230,7 +233,7 @@ class Evaluations(L.Callback):
 
     def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
         checkpoint["evaluations"] = {"best": self.best, "last": self.last}
-        checkpoint["tracker_run_id"] = self.log and self.log.tracker.run_id
+        checkpoint["tracker_run_id"] = self.metrics_log and self.metrics_log.tracker.run_id
 
     def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
         self.best = checkpoint.get("evaluations", {}).get("best", {})
@@ -246,9 +249,9 @@ class Evaluations(L.Callback):
         """End the progress bar and the tracker's run, once."""
         if self.progress is not None:
             self.progress.close()
-        if self.log is not None:
-            self.log.close(error)
-        self.progress = self.log = None
+        if self.metrics_log is not None:
+            self.metrics_log.close(error)
+        self.progress = self.metrics_log = None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

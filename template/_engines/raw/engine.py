@@ -13,6 +13,7 @@ each node (see README.md). Rank 0 alone prints, logs and writes files.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import gc
@@ -77,19 +78,15 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     if "RANK" not in os.environ and nprocs > 1:
         return launch_workers(cfg, resume, nprocs)
     rank, world_size, device = setup_distributed(device)
-    try:
-        loop = Loop(cfg, resume, rank, world_size, device)
-        with StopSignals() as signals:
-            try:
-                outcome = loop.run(signals, trial)
-            except BaseException as error:  # the tracker's run ends as failed or killed
-                loop.close(error)
-                raise
-        loop.close()
-        return outcome
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    loop = Loop(cfg, resume, rank, world_size, device)
+    with StopSignals() as signals:
+        try:
+            outcome = loop.run(signals, trial)
+        except BaseException as error:  # the tracker's run ends as failed or killed
+            loop.close(error)
+            raise
+    loop.close()
+    return outcome
 
 
 @dataclass
@@ -372,7 +369,11 @@ def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
         # Share the cores among the processes of this node instead of oversubscribing.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # One group for the process, destroyed as it exits: its later runs (the folds of
+        # --folds) share it, as a second group in one torchrun job can meet stale addresses.
+        atexit.register(dist.destroy_process_group)
     return dist.get_rank(), dist.get_world_size(), device
 
 

@@ -360,8 +360,7 @@ class Sweep:
             writer.writerows(rows)
             write_atomically(self.folder / "trials.csv", text.getvalue())
         lines = table(rows)
-        finished = [t for t in trials if t.state == TrialState.COMPLETE]
-        if not finished:
+        if not any(trial.state == TrialState.COMPLETE for trial in trials):
             return [*lines, f"no trial has finished yet; see {self.folder / 'trials.csv'}"]
         best = self.study.best_trial
         path = self.folder / "best.yaml"
@@ -380,6 +379,11 @@ class Sweep:
             f"best: trial {best.number}, {MONITOR} {best.value:.4f}, in {self.folder}",
             f"its config: {path} (train it with: {PROJECT} train --config {path})",
         ]
+
+    def failed(self) -> bool:
+        """Whether every trial has ended, and none of them with a result."""
+        states = {trial.state for trial in self.study.get_trials(deepcopy=False)}
+        return TrialState.COMPLETE not in states and all(s.is_finished() for s in states)
 
     def row(self, trial: FrozenTrial, rerun: int | None) -> dict[str, Any]:
         """A trial as the table shows it: its number, state, metric, values and a note."""

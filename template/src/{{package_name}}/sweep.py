@@ -45,6 +45,7 @@ HEARTBEAT, GRACE, RETRIES = 60, 180, 3
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 # Failures of a trial, not of the sweep: it is recorded as failed and the sweep goes on.
 TRIAL_ERRORS = (UserError, Diverged, torch.cuda.OutOfMemoryError)
+RANGE_KEYS = {"low", "high", "log", "step"}  # of a setting's range in the space
 # Per-machine settings that a worker may set for itself when it joins a sweep.
 MACHINE_SETTINGS = ("train.accelerator", "train.num_workers")
 
@@ -122,15 +123,8 @@ def check_range(path: Path, key: str, spec: Any, kind: Any) -> dict[str, Any]:
             raise ConfigError(f"{where}: choices must be a list of values")
         return {"choices": [coerce(value, kind, key, str(path)) for value in choices]}
     target = getattr(kind, "__args__", (kind,))[0]
-    if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) <= {
-        "low",
-        "high",
-        "log",
-        "step",
-    }:
-        raise ConfigError(
-            f"{where}: give {{low: .., high: ..}} (with log: true or step: ..), or {{choices: [..]}}"
-        )
+    if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) <= RANGE_KEYS:
+        raise ConfigError(f"{where}: give low and high (and log: true, or a step), or choices")
     if target not in (int, float):
         raise ConfigError(f"{where} is not a number: give its choices instead of a range")
     low, high = (coerce(spec[bound], target, key, str(path)) for bound in ("low", "high"))

@@ -21,6 +21,7 @@ import csv
 import io
 import os
 import socket
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,8 @@ from .training import Diverged, Interrupted
 # seconds was killed, and another worker fails it and queues it again, up to RETRIES times.
 HEARTBEAT, GRACE, RETRIES = 60, 180, 3
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
-# Failures of a trial, not of the sweep: it is recorded as failed and the sweep goes on.
-TRIAL_ERRORS = (UserError, Diverged, torch.cuda.OutOfMemoryError)
+# Failures that the user can read in one line; any other error of a trial shows its traceback.
+EXPECTED_ERRORS = (UserError, Diverged, torch.cuda.OutOfMemoryError)
 RANGE_KEYS = {"low", "high", "log", "step"}  # of a setting's range in the space
 # Per-machine settings that a worker may set for itself when it joins a sweep.
 MACHINE_SETTINGS = ("train.accelerator", "train.num_workers")
@@ -52,6 +53,10 @@ MACHINE_SETTINGS = ("train.accelerator", "train.num_workers")
 # Heartbeats and retries are marked experimental in Optuna; the tests here pin what we use.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 RETRY = RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
+
+
+class TrialFailed(Exception):
+    """A trial's error: the trial is recorded as failed and the sweep goes on."""
 
 
 @dataclass
@@ -269,7 +274,7 @@ class Sweep:
                     self.study.optimize(
                         self.objective,
                         n_trials=1,
-                        catch=TRIAL_ERRORS,
+                        catch=TrialFailed,
                         callbacks=[self.report],
                         gc_after_trial=True,
                     )
@@ -288,9 +293,14 @@ class Sweep:
             trial.set_user_attr("settings", cfg.to_dict())
             print(f"trial {trial.number}: {describe(params)}", flush=True)
             outcome = train(cfg, trial=trial)
-        except TRIAL_ERRORS as error:
-            trial.set_user_attr("error", str(error))
+        except (Interrupted, optuna.TrialPruned):
             raise
+        except Exception as error:  # a diverging loss, settings that cannot work, a bug...
+            if not isinstance(error, EXPECTED_ERRORS):
+                traceback.print_exc()
+                error = f"{type(error).__name__}: {error}"
+            trial.set_user_attr("error", str(error))
+            raise TrialFailed(error) from None
         finally:
             run_dir = self.folder / run_name(trial.number)
             if (run_dir / "metrics.csv").is_file():

@@ -50,7 +50,7 @@ RANGE_KEYS = {"low", "high", "log", "step"}  # of a setting's range in the space
 # Per-machine settings that a worker may set for itself when it joins a sweep.
 MACHINE_SETTINGS = ("train.accelerator", "train.num_workers")
 
-# Heartbeats and retries are marked experimental in Optuna; the tests here pin what we use.
+# Optuna marks heartbeats and retries experimental: a warning with nothing to act on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 RETRY = RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
 
@@ -80,6 +80,7 @@ class Space:
         return values
 
     def contains(self, key: str, value: Any) -> bool:
+        """Whether `value` of the setting `key` is in the space (on its grid, if it has one)."""
         spec = self.params[key]
         if "choices" in spec:
             return value in spec["choices"]

@@ -38,6 +38,11 @@ def expected_files(combination: dict[str, str]) -> set[str]:
     }
     if combination["hardware"] == "multi-gpu":
         files.add("scripts/slurm.sbatch")
+    # Experiments: sweeps (their search space, a SLURM job array), k folds, the run record.
+    files |= {f"{package}/{name}.py" for name in ("folds", "record", "splits", "sweep")}
+    files.add("configs/sweep.yaml")
+    if combination["hardware"] != "mps":
+        files.add("scripts/sweep.sbatch")
     return files
 
 

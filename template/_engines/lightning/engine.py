@@ -34,6 +34,7 @@ from .model import (
     build_model,
     compute_loss,
 )
+from .record import write_record
 from .runs import (
     check_resumable,
     choose_run_dir,
@@ -78,6 +79,7 @@ class TaskModule(L.LightningModule):
     def __init__(self, cfg: Config, meta: dict):
         super().__init__()
         self.cfg, self.meta = cfg, meta
+        self.record = None  # what produced the run, in short (rank 0); checkpoints carry it
         self.model = build_model(cfg, meta)
         self.val_metrics = build_metrics(meta).clone(prefix="val/")
         self.metric_names = list(build_metrics(meta))  # acc, mse, r2, ppl...
@@ -123,6 +125,7 @@ class TaskModule(L.LightningModule):
         # and the random state, so that a resumed run continues as the original would.
         checkpoint.update(task=TASK, engine=ENGINE, config=self.cfg.to_dict(), meta=self.meta)
         checkpoint["rng"] = get_rng_state()
+        checkpoint["record"] = self.record
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.rng_state = checkpoint.get("rng")
@@ -154,11 +157,20 @@ class Evaluations(L.Callback):
     metrics row and a line per evaluation, the baseline; and the stops that Lightning has
     no setting for (the last evaluation at the end of the budget, Ctrl-C and SIGTERM)."""
 
-    def __init__(self, cfg: Config, continuing: bool, signals: StopSignals, trial: Any = None):
+    def __init__(
+        self,
+        cfg: Config,
+        continuing: bool,
+        signals: StopSignals,
+        trial: Any = None,
+        tracker_run_id: str | None = None,
+    ):
         self.cfg, self.continuing, self.signals, self.trial = cfg, continuing, signals, trial
+        self.tracker_run_id = tracker_run_id  # a continued run logs into its tracker run
         self.best: dict[str, float] = {}
         self.last: dict[str, float] = {}
-        self.log, self.progress = None, None
+        # Not self.log: Lightning sets every callback's `log` to the module's log method.
+        self.metrics_log, self.progress = None, None
 
     def on_train_start(self, trainer: L.Trainer, module: TaskModule) -> None:
         t = self.cfg.train
@@ -171,7 +183,9 @@ class Evaluations(L.Callback):
         self.progress = Progress(trainer.global_step, t.max_steps, trainer.is_global_zero)
         if trainer.is_global_zero:
             resumed_step = trainer.global_step if self.continuing else None
-            self.log = MetricsLog(self.cfg.run_dir, self.cfg, resumed_step)
+            self.metrics_log = MetricsLog(
+                self.cfg.run_dir, self.cfg, resumed_step, self.tracker_run_id
+            )
             parameters = sum(p.numel() for p in module.model.parameters())
             self.progress.print(f"{type(module.model).__name__}: {parameters:,} parameters")
         # What a model that learned nothing scores on the validation split.
@@ -217,7 +231,7 @@ class Evaluations(L.Callback):
         if improved(row[MONITOR], self.best.get(MONITOR), MONITOR_MODE):
             self.best = row
         if trainer.is_global_zero:
-            self.log.write(row)
+            self.metrics_log.write(row)
             self.progress.print(describe(row, self.cfg.train.max_steps))
         if self.trial is not None:
             self.trial.report(row[MONITOR], trainer.global_step)  # an Optuna sweep may prune
@@ -228,16 +242,25 @@ class Evaluations(L.Callback):
 
     def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
         checkpoint["evaluations"] = {"best": self.best, "last": self.last}
+        checkpoint["tracker_run_id"] = self.metrics_log and self.metrics_log.tracker.run_id
 
     def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
         self.best = checkpoint.get("evaluations", {}).get("best", {})
         self.last = checkpoint.get("evaluations", {}).get("last", {})
 
     def teardown(self, trainer, module, stage: str) -> None:
+        self.close()
+
+    def on_exception(self, trainer, module, exception: BaseException) -> None:
+        self.close(exception)  # Lightning skips teardown then
+
+    def close(self, error: BaseException | None = None) -> None:
+        """End the progress bar and the tracker's run, once."""
         if self.progress is not None:
             self.progress.close()
-        if self.log is not None:
-            self.log.close()
+        if self.metrics_log is not None:
+            self.metrics_log.close(error)
+        self.progress = self.metrics_log = None
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -291,7 +314,8 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     world_size = devices * t.num_nodes
     batches = len(make_loader(datamodule.train_set, cfg, 0, world_size, device, train=True))
     signals = StopSignals()
-    evaluations = Evaluations(cfg, continuing, signals, trial)
+    tracker_run_id = checkpoint.get("tracker_run_id") if continuing else None
+    evaluations = Evaluations(cfg, continuing, signals, trial, tracker_run_id)
     callbacks = [
         evaluations,
         RunCheckpoint(  # best.ckpt, when the monitored metric improves
@@ -336,6 +360,7 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     )
     if trainer.is_global_zero:
         prepare_run_dir(run_dir, cfg)
+        module.record = write_record(run_dir, continuing)
     if t.compile:
         module.model.compile()  # in place: the checkpoint's keys stay those of the plain model
     with signals:

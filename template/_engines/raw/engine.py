@@ -13,6 +13,7 @@ each node (see README.md). Rank 0 alone prints, logs and writes files.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import gc
@@ -40,6 +41,7 @@ from .model import (
     build_model,
     compute_loss,
 )
+from .record import write_record
 from .runs import (
     RUN_NAME_ENV,
     check_resumable,
@@ -77,15 +79,15 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     if "RANK" not in os.environ and nprocs > 1:
         return launch_workers(cfg, resume, nprocs)
     rank, world_size, device = setup_distributed(device)
-    try:
-        loop = Loop(cfg, resume, rank, world_size, device)
-        with StopSignals() as signals:
+    loop = Loop(cfg, resume, rank, world_size, device)
+    with StopSignals() as signals:
+        try:
             outcome = loop.run(signals, trial)
-        loop.close()
-        return outcome
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        except BaseException as error:  # the tracker's run ends as failed or killed
+            loop.close(error)
+            raise
+    loop.close()
+    return outcome
 
 
 @dataclass
@@ -138,9 +140,14 @@ class Loop:
             self.net = DistributedDataParallel(self.model, device_ids=ids)
 
         self.log, self.progress = None, Progress(self.state.step, t.max_steps, self.master)
+        self.record = None  # what produced the run, in short; checkpoints carry it
         if self.master:
             prepare_run_dir(self.run_dir, cfg)
-            self.log = MetricsLog(self.run_dir, cfg, self.state.step if continuing else None)
+            self.record = write_record(self.run_dir, continuing)
+            resumed_step = self.state.step if continuing else None
+            # A continued run logs into its tracker run of before.
+            run_id = checkpoint and checkpoint.get("tracker_run_id")
+            self.log = MetricsLog(self.run_dir, cfg, resumed_step, run_id)
             parameters = sum(p.numel() for p in self.model.parameters())
             self.progress.print(f"{type(self.model).__name__}: {parameters:,} parameters")
         # What a model that learned nothing scores on the validation split.
@@ -275,6 +282,8 @@ class Loop:
             "train_loss": self.train_loss.state_dict(),
             "loader": self.train_loader.state_dict(),
             "rng": get_rng_state(),
+            "tracker_run_id": self.log.tracker.run_id,
+            "record": self.record,
         }
         for name in filter(None, names):
             save_atomically(checkpoint, self.run_dir / "checkpoints" / name)
@@ -298,11 +307,11 @@ class Loop:
             return None
         return Outcome(reason, self.state.best, self.state.last, self.baseline)
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
         self.progress.close()
         if self.log is not None:
-            self.log.close()
-        if self.world_size > 1:
+            self.log.close(error)
+        if self.world_size > 1 and error is None:
             dist.barrier()  # leave together
             # Free DDP's reducer now, while the process group exists: freed at exit, after
             # the group, it can abort the process ("terminate called without an active
@@ -363,7 +372,11 @@ def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
         # Share the cores among the processes of this node instead of oversubscribing.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # One group for the process, destroyed as it exits: its later runs (the folds of
+        # --folds) share it, as a second group in one torchrun job can meet stale addresses.
+        atexit.register(dist.destroy_process_group)
     return dist.get_rank(), dist.get_world_size(), device
 
 

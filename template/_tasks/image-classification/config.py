@@ -4,6 +4,8 @@ class DataConfig:
 
     path: str | None = None  # folder of class sub-folders; None: built-in shapes
     val_split: float = 0.2  # share held out for validation (unless train/ and val/)
+    folds: int | None = None  # k-fold cross-validation (train --folds K): val_split unused
+    fold: int | None = None  # which of the folds is held out for validation, 1 to folds
     image_size: int = 32  # images are resized to image_size x image_size pixels
 
 

@@ -11,14 +11,14 @@ resized to image_size.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset, Subset, TensorDataset, random_split
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .config import Config, UserError
+from .splits import split_indices
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # A folder whose resized images fit in this many bytes is decoded once and kept in memory
@@ -39,11 +39,16 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
     size, seed = cfg.data.image_size, cfg.train.seed
     if cfg.data.path is None:
         images, labels = make_shapes(1280, size, seed)
-        train, val = split(TensorDataset(images, labels), cfg.data.val_split, seed)
+        train, val = split(TensorDataset(images, labels), cfg)
         classes = SHAPES
     else:
         root = Path(cfg.data.path)
         if (root / "train").is_dir():
+            if cfg.data.folds:
+                raise DataError(
+                    f"{root} is split into train/ and val/ already; --folds needs one folder "
+                    "of class sub-folders"
+                )
             if not (root / "val").is_dir():
                 raise DataError(f"{root} has train/ but no val/; add {root}/val/<class>/")
             classes = class_names(root / "train")
@@ -51,7 +56,7 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
             val = ImageFolder(root / "val", classes, size)
         else:
             classes = class_names(root)
-            train, val = split(ImageFolder(root, classes, size), cfg.data.val_split, seed)
+            train, val = split(ImageFolder(root, classes, size), cfg)
     if meta is None:
         counts = torch.bincount(torch.tensor(labels_of(train)), minlength=len(classes))
         meta = {
@@ -191,11 +196,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def split(dataset: Dataset, val_split: float, seed: int) -> tuple[Subset, Subset]:
-    """A random split, the same for a given seed."""
-    n_val = max(1, math.floor(len(dataset) * val_split))
-    generator = torch.Generator().manual_seed(seed)
-    return tuple(random_split(dataset, [len(dataset) - n_val, n_val], generator))
+def split(dataset: Dataset, cfg: Config) -> tuple[Subset, Subset]:
+    """A random split, the same for a given seed, or a fold stratified by class (splits.py).
+
+    The hold-out is the end of the permutation, as torch's random_split takes it.
+    """
+    train, val = split_indices(len(dataset), cfg, labels_of(dataset), val_last=True)
+    return Subset(dataset, train.tolist()), Subset(dataset, val.tolist())
 
 
 def make_shapes(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

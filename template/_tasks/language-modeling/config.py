@@ -4,6 +4,8 @@ class DataConfig:
 
     path: str | None = None  # a UTF-8 text file; None: the built-in text
     val_split: float = 0.1  # the end of the text held out for validation
+    folds: int | None = None  # k-fold cross-validation (train --folds K): val_split unused
+    fold: int | None = None  # which of the folds is held out for validation, 1 to folds
     block_size: int = 64  # characters of context the model sees
 
 

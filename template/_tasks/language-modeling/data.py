@@ -7,13 +7,13 @@ validation, so no validation window overlaps a training one.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from .config import Config, UserError
+from .splits import split_indices
 
 SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "a small bird", "the teacher"]
 VERBS = ["sees", "likes", "finds", "chases", "watches", "draws"]
@@ -52,17 +52,25 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
         meta = {"chars": "".join(sorted(set(text))), "block_size": cfg.data.block_size}
     block = meta["block_size"]
     ids = encode(text, meta)
-    n_val = max(block + 1, math.floor(len(ids) * cfg.data.val_split))
-    if len(ids) - n_val < block + 1:
+    # The validation text is one stretch: the end, or the fold's block of the text. Training
+    # windows come from the text before and after it, never across it.
+    _, held_out = split_indices(len(ids), cfg, shuffle=False, val_last=True, min_val=block + 1)
+    start, end = held_out[0].item(), held_out[-1].item() + 1
+    before, after = ids[:start], ids[end:]
+    # Overlapping training windows (half a block apart) give more examples per epoch.
+    parts = [CharWindows(part, block, max(1, block // 2)) for part in (before, after)]
+    parts = [part for part in parts if len(part)]
+    if end - start < block + 1 or not parts:
         raise DataError(
             f"the text has {len(ids)} characters: too few for block_size {block} "
-            "and a validation split; use more text or a smaller --set data.block_size"
+            "and a validation split; use more text, fewer --folds or a smaller "
+            "--set data.block_size"
         )
     if new:  # how often each character occurs in the training text
-        meta["char_counts"] = torch.bincount(ids[:-n_val], minlength=len(meta["chars"])).tolist()
-    # Overlapping training windows (half a block apart) give more examples per epoch.
-    train = CharWindows(ids[:-n_val], block, stride=max(1, block // 2))
-    val = CharWindows(ids[-n_val:], block, stride=block)
+        counts = torch.bincount(torch.cat([before, after]), minlength=len(meta["chars"]))
+        meta["char_counts"] = counts.tolist()
+    train = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    val = CharWindows(ids[start:end], block, stride=block)
     return train, val, meta
 
 

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from .config import Config, UserError
+from .splits import split_indices
 
 
 class DataError(UserError):
@@ -31,15 +32,18 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
         columns, x, y = make_table(2000, cfg.train.seed)
     else:
         columns, x, y = read_csv(Path(cfg.data.path), cfg.data.target)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.train.seed))
-    # Two rows at least on each side: R2 needs two to validate, the scaling two to train.
-    n_val = max(2, math.floor(len(y) * cfg.data.val_split))
-    if len(y) - n_val < 2:
+    if len(y) < 4:
         raise DataError(
             f"{cfg.data.path} has too few rows ({len(y)}); tabular-regression needs at least 4 "
             "(two to train on, two to validate)"
         )
-    val_rows, train_rows = order[:n_val], order[n_val:]
+    # Two rows at least on each side: R2 needs two to validate, the scaling two to train.
+    train_rows, val_rows = split_indices(len(y), cfg, min_val=2)
+    if len(train_rows) < 2:
+        raise DataError(
+            f"{cfg.data.path}: --val-split {cfg.data.val_split} leaves fewer than two rows to "
+            "train on; lower it"
+        )
     if meta is None and bool((y == y[0]).all()):
         raise DataError(
             f"{cfg.data.path}: column '{cfg.data.target}' has the same value, {y[0].item():g}, "

@@ -4,6 +4,8 @@ class DataConfig:
 
     path: str | None = None  # CSV with columns text,label; None: built-in sentences
     val_split: float = 0.2  # share of the rows held out for validation
+    folds: int | None = None  # k-fold cross-validation (train --folds K): val_split unused
+    fold: int | None = None  # which of the folds is held out for validation, 1 to folds
     max_length: int = 64  # tokens kept per text
     max_vocab: int = 20000  # the most frequent words; the others become <unk>
 

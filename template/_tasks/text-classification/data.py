@@ -8,7 +8,6 @@ frequent words of the training split, saved with the checkpoint.
 from __future__ import annotations
 
 import csv
-import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from .config import Config, UserError
+from .splits import split_indices
 
 PAD, UNK = "<pad>", "<unk>"
 TOPICS = {
@@ -41,9 +41,7 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
         texts, labels = make_sentences(2000, cfg.train.seed)
     else:
         texts, labels = read_csv(Path(cfg.data.path))
-    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(cfg.train.seed))
-    n_val = max(1, math.floor(len(texts) * cfg.data.val_split))
-    val_rows, train_rows = order[:n_val].tolist(), order[n_val:].tolist()
+    train_rows, val_rows = (rows.tolist() for rows in split_indices(len(texts), cfg, labels))
     if meta is None:
         names = sorted(set(labels))
         if len(names) < 2:

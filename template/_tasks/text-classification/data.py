@@ -8,6 +8,7 @@ frequent words of the training split, saved with the checkpoint.
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections import Counter
 from pathlib import Path

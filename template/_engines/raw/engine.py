@@ -214,7 +214,9 @@ class Loop:
         """Evaluate, then log a row and write last.ckpt (and best.ckpt when it improved).
         Returns whether early stopping ends the run."""
         t, state = self.cfg.train, self.state
-        scores = evaluate_model(self.model, self.val_loader, self.metrics, self.device, self.autocast)
+        scores = evaluate_model(
+            self.model, self.val_loader, self.metrics, self.device, self.autocast
+        )
         row = {
             "step": state.step,
             "epoch": state.epoch + 1,

@@ -156,7 +156,7 @@ class Evaluations(L.Callback):
         self.cfg, self.continuing, self.signals, self.trial = cfg, continuing, signals, trial
         self.best: dict[str, float] = {}
         self.last: dict[str, float] = {}
-        self.log, self.progress = None, None
+        self.metrics_log, self.progress = None, None
 
     def on_train_start(self, trainer: L.Trainer, module: TaskModule) -> None:
         t = self.cfg.train
@@ -166,7 +166,7 @@ class Evaluations(L.Callback):
         self.progress = Progress(trainer.global_step, t.max_steps, trainer.is_global_zero)
         if trainer.is_global_zero:
             resumed_step = trainer.global_step if self.continuing else None
-            self.log = MetricsLog(self.cfg.run_dir, self.cfg, resumed_step)
+            self.metrics_log = MetricsLog(self.cfg.run_dir, self.cfg, resumed_step)
             parameters = sum(p.numel() for p in module.model.parameters())
             self.progress.print(f"{type(module.model).__name__}: {parameters:,} parameters")
         # What a model that learned nothing scores on the validation split.
@@ -208,7 +208,7 @@ class Evaluations(L.Callback):
         if improved(row[MONITOR], self.best.get(MONITOR), MONITOR_MODE):
             self.best = row
         if trainer.is_global_zero:
-            self.log.write(row)
+            self.metrics_log.write(row)
             self.progress.print(describe(row, self.cfg.train.max_steps))
         if self.trial is not None:
             self.trial.report(row[MONITOR], trainer.global_step)  # an Optuna sweep may prune
@@ -227,8 +227,8 @@ class Evaluations(L.Callback):
     def teardown(self, trainer, module, stage: str) -> None:
         if self.progress is not None:
             self.progress.close()
-        if self.log is not None:
-            self.log.close()
+        if self.metrics_log is not None:
+            self.metrics_log.close()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

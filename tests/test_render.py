@@ -34,7 +34,10 @@ def expected_files(combination: dict[str, str]) -> set[str]:
     }
     files |= {
         f"{package}/{name}.py"
-        for name in ("__init__", "__main__", "cli", "config", "data", "engine", "model")
+        for name in (
+            *("__init__", "__main__", "cli", "config", "data", "engine", "model"),
+            *("hardware", "runs", "tracking", "training"),  # shared by both engines
+        )
     }
     if combination["hardware"] == "multi-gpu":
         files.add("scripts/slurm.sbatch")

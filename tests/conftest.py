@@ -377,3 +377,29 @@ def installed_project(template_copy, tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tests first: under xdist the light ones then fill the gaps at the end.
+
+    And keep `--dist loadgroup` grouping by xdist_group under pytest 9.2: pytest-xdist 3.8
+    (in its workers) appends "@group" to a test's node id, which is how its scheduler groups
+    tests, but pytest 9.2 keeps node ids in a structured `_id` that ignores that change, so
+    the groups silently vanish (pytest-dev/pytest-xdist#1386). This makes the same change
+    where pytest 9.2 reads it; where xdist's own change worked, it does nothing.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if not config.getoption("loadgroup", False):  # set in xdist workers only
+        return
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # pytest before 9.2: xdist's own change works
+        return
+    for item in items:
+        names = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        if names and "@" not in item.nodeid.rpartition("]")[2]:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(names))}")

@@ -15,6 +15,8 @@ from conftest import COMBINATIONS, combination_id, package_of, render_combinatio
 from generator.questions import template_root
 
 TEMPLATE = template_root() / "template"
+# One test process renders the 32 projects (the `projects` fixture) and checks them all.
+pytestmark = pytest.mark.xdist_group("render")
 
 
 def expected_files(combination: dict[str, str]) -> set[str]:

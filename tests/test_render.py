@@ -15,6 +15,8 @@ from conftest import COMBINATIONS, combination_id, package_of, render_combinatio
 from generator.questions import template_root
 
 TEMPLATE = template_root() / "template"
+# One test process renders the 32 projects (the `projects` fixture) and checks them all.
+pytestmark = pytest.mark.xdist_group("render")
 
 
 def expected_files(combination: dict[str, str]) -> set[str]:
@@ -34,7 +36,10 @@ def expected_files(combination: dict[str, str]) -> set[str]:
     }
     files |= {
         f"{package}/{name}.py"
-        for name in ("__init__", "__main__", "cli", "config", "data", "engine", "model")
+        for name in (
+            *("__init__", "__main__", "cli", "config", "data", "engine", "model"),
+            *("hardware", "runs", "tracking", "training"),  # shared by both engines
+        )
     }
     if combination["hardware"] == "multi-gpu":
         files.add("scripts/slurm.sbatch")

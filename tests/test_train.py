@@ -1,49 +1,76 @@
 """Every combination is generated, installed, trained on the CPU, and shown to have learned.
 
-Each case installs the project into its own light venv (a real `pip install -e`) that
-shares this environment's torch and lightning, trains it through its console script, then
-evaluates, predicts and exports in one more process, and runs the project's own tests.
+Each project is installed once per test process into its own light venv (a real `pip
+install -e`) that shares this environment's torch and lightning, and its tests share it (the
+`installed_project` fixture; an xdist_group keeps them in one test process). The 8 cpu
+projects train with their default settings through their console script; every project
+then evaluates, predicts, exports and runs its own tests in one more process
+(tests/drive_project.py), where the other 24 combinations also train, on a short budget.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from conftest import (
     COMBINATIONS,
-    REPO,
-    RUN_FILES,
+    MONITOR,
+    SHORT,
+    TASKS,
     assert_learned,
+    check_run,
     combination_id,
     command_env,
-    install,
-    package_of,
+    read_baseline,
     read_metrics,
-    render,
-    render_combination,
     run,
-    run_files,
+    short,
 )
 from userdata import write_user_data
 
 pytestmark = pytest.mark.slow
 
-TASKS = sorted({c["task"] for c in COMBINATIONS})
-# The metric each task is judged on, and how close raw and Lightning must come on it.
-PARITY = {
-    "image-classification": ("val/acc", 0.1),
-    "text-classification": ("val/acc", 0.1),
-    "tabular-regression": ("val/r2", 0.1),
-    "language-modeling": ("val/loss", 0.25),  # relative
-}
 CPU = ["--accelerator", "cpu", "--devices", "1"]
+
+
+def cpu_group(task: str) -> pytest.MarkDecorator:
+    """The tests of a task's two cpu projects run in one test process, which installs each
+    project once and trains each one once with its defaults (the `default_run` fixture)."""
+    return pytest.mark.xdist_group(f"{task}-cpu")
+
+
+def combination_param(combination: dict[str, str]):
+    if combination["hardware"] == "cpu":
+        group = cpu_group(combination["task"])
+    else:  # shared with the DDP tests of the multi-gpu projects (test_distributed.py)
+        group = pytest.mark.xdist_group(combination_id(combination))
+    return pytest.param(combination, id=combination_id(combination), marks=group)
+
+
+@pytest.fixture(scope="session")
+def default_run(installed_project):
+    """default_run(task, framework): the cpu project trained as a user first trains it:
+    `my-project train` in the project's folder, no flag. Once per test process."""
+    done: dict[tuple[str, str], tuple] = {}
+
+    def get(task: str, framework: str):
+        if (task, framework) not in done:
+            installed = installed_project({"task": task, "framework": framework, "hardware": "cpu"})
+            result = installed.run("train", timeout=900)
+            folder = result.stdout.strip().splitlines()[-1].removeprefix("run folder: ")
+            done[task, framework] = installed, installed.project / folder, result
+        return done[task, framework]
+
+    return get
 
 
 def predict_inputs(task: str, folder: Path) -> list[str]:
@@ -64,7 +91,7 @@ def predict_inputs(task: str, folder: Path) -> list[str]:
     return ["the cat "]
 
 
-def check_predictions(task: str, output: str, meta: dict) -> None:
+def check_predictions(task: str, output: str) -> None:
     lines = output.splitlines()
     if task == "image-classification":
         assert re.search(r"disc\.png: disc \(\d\.\d\d\)", lines[0]), lines
@@ -91,47 +118,71 @@ def readme_export_snippet(project: Path, program: Path) -> str:
     )
 
 
+def assert_no_warnings(stderr: str) -> None:
+    """Nothing on stderr: no warnings the project could have avoided. Lightning's own say
+    neither "warning" nor their category ("...: You passed `Trainer(...)` but ...")."""
+    assert stderr.strip() == "", stderr
+
+
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("combination", COMBINATIONS, ids=combination_id)
-def test_combination_installs_trains_and_learns(combination, template_copy, tmp_path):
+@pytest.mark.parametrize("combination", [combination_param(c) for c in COMBINATIONS])
+def test_combination_installs_trains_and_learns(
+    combination, installed_project, default_run, tmp_path
+):
     task = combination["task"]
-    project = render_combination(template_copy, tmp_path / "project", combination)
-    installed = install(project, tmp_path / "venv")
-    runs = tmp_path / "runs"
+    installed = installed_project(combination)
+    predict = ["predict", *predict_inputs(task, tmp_path)]
+    if combination["hardware"] == "cpu":
+        # The promise of the built-in data: the default settings learn, through the real
+        # console script. evaluate, predict and export then find the run themselves.
+        _, run_dir, trained = default_run(task, combination["framework"])
+        default = yaml.safe_load((installed.project / "configs" / "default.yaml").read_text())
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"] == {
+            **default["train"],
+            "name": run_dir.name,
+        }
+        commands = [["evaluate"], ["evaluate", "--checkpoint", "last"], predict, ["export"]]
+    else:
+        # The other hardware answers change defaults (accelerator, devices, precision,
+        # loader processes), the README, the SLURM script and, for mps, one environment
+        # variable; the code that trains is the cpu projects'. So a short budget on the CPU
+        # proves them, in the same process as the rest.
+        runs = tmp_path / "runs"
+        train = ["train", *CPU, *short(task), "--output-dir", str(runs), "--name", "first"]
+        best = str(runs / "first" / "checkpoints" / "best.ckpt")
+        last = str(runs / "first" / "checkpoints" / "last.ckpt")
+        commands = [
+            train,
+            ["evaluate", "--checkpoint", best, "--accelerator", "cpu"],
+            ["evaluate", "--checkpoint", last, "--accelerator", "cpu"],
+            [*predict, "--checkpoint", best],
+            ["export", "--checkpoint", best],
+        ]
+    # The project's own tests run in the same process, after the commands.
+    outcomes = [outcome.check() for outcome in installed.drive(*commands, pytest=True)]
+    if combination["hardware"] != "cpu":
+        trained, outcomes = outcomes[0], outcomes[1:]
+        run_dir = runs / "first"
+        steps, _ = SHORT[task]
+        assert f"stopped after step {steps}: the step budget is spent ({steps} steps)" in (
+            trained.stdout
+        )
+    evaluated_best, evaluated_last, predicted, exported = (o.stdout for o in outcomes)
+    assert_no_warnings(trained.stderr)
+    rows, best_row = check_run(task, run_dir, trained.stdout, exported=True, cwd=installed.project)
+    assert len(rows) >= 2, "one evaluation only: the schedule was not exercised"
 
-    result = installed.run("train", *CPU, "--output-dir", str(runs), "--name", "first")
-    run_dir = runs / "first"
-    # No warnings the project could have avoided (Lightning's included).
-    assert "warn" not in result.stderr.lower(), result.stderr
-    assert run_files(run_dir) == RUN_FILES
-    assert f"run folder: {run_dir}" in result.stdout
-    history = read_metrics(run_dir)
-    assert history[-1]["val/loss"] < history[0]["val/loss"]
-
-    best, last = run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"
-    commands = [
-        ["evaluate", "--checkpoint", str(best), "--accelerator", "cpu"],
-        ["evaluate", "--checkpoint", str(last), "--accelerator", "cpu"],
-        ["predict", "--checkpoint", str(best), *predict_inputs(task, tmp_path)],
-        ["export", "--checkpoint", str(best)],
-    ]
-    drive = [str(installed.python), str(REPO / "tests" / "drive_project.py")]
-    # Then the project's own tests, in the same process.
-    result = run(drive + [package_of(combination), json.dumps(commands)], cwd=project)
-    report = json.loads(result.stdout.splitlines()[-1])
-    assert report["pytest"] == 0, f"the project's own tests failed:\n{result.stdout[-5000:]}"
-    evaluated_best, evaluated_last, predicted, _ = report["outputs"]
-    meta = json.loads(best.with_suffix(".json").read_text())
     evaluated = parse_metrics(evaluated_best)
-    assert_learned(task, evaluated, meta)
-    # best.ckpt holds the best epoch and last.ckpt the last: evaluating them gives those
-    # epochs' logged metrics.
-    best_epoch = min(history, key=lambda row: abs(row["val/loss"] - evaluated["val/loss"]))
+    assert_learned(task, evaluated, read_baseline(run_dir))
+    # best.ckpt holds the best evaluation and last.ckpt the last: evaluating them again
+    # gives the metrics logged then.
     for key, value in evaluated.items():
-        assert value == pytest.approx(best_epoch[key], rel=1e-3, abs=1e-4)
+        assert value == pytest.approx(best_row[key], rel=1e-3, abs=1e-4), key
     for key, value in parse_metrics(evaluated_last).items():
-        assert value == pytest.approx(history[-1][key], rel=1e-3, abs=1e-4), "last.ckpt"
-    check_predictions(task, predicted, meta)
+        assert value == pytest.approx(rows[-1][key], rel=1e-3, abs=1e-4), f"last.ckpt {key}"
+    check_predictions(task, predicted)
+    program = run_dir / "checkpoints" / "best.pt2"
+    assert exported.startswith("exported ") and program.is_file(), exported
 
     if combination["hardware"] == "cpu":  # the README and the export are alike for all four
         # The README's snippet runs the exported program without the project's code.
@@ -139,69 +190,103 @@ def test_combination_installs_trains_and_learns(combination, template_copy, tmp_
             from PIL import Image
 
             Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "photo.jpg")
-        snippet = readme_export_snippet(project, best.with_suffix(".pt2"))
+        snippet = readme_export_snippet(installed.project, program)
         shown = run([sys.executable, "-c", snippet], cwd=tmp_path).stdout.strip()
         assert shown, "the README's export example printed nothing"
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("task", TASKS)
-def test_trains_on_user_data_and_both_engines_agree(task, template_copy, tmp_path):
-    """--data in the task's format, with TensorBoard logging; raw and Lightning agree."""
-    data = write_user_data(task, tmp_path / "data")
-    key, tolerance = PARITY[task]
-    finals = {}
-    for framework in ("raw", "lightning"):
-        project = render(
-            template_copy,
-            tmp_path / framework,
-            project_name=f"mine-{framework}",
-            task=task,
-            framework=framework,
-            logger="tensorboard",
-        )
-        installed = install(project, tmp_path / f"venv-{framework}")
-        extra = ["--target", "price"] if task == "tabular-regression" else []
-        runs = tmp_path / f"runs-{framework}"
-        args = ["--data", str(data), "--seed", "7", "--batch-size", "32"]
-        args += ["--output-dir", str(runs), "--name", "mine"]
-        installed.run("train", *CPU, *args, *extra)
-        checkpoint = runs / "mine" / "checkpoints" / "best.ckpt"
-        installed.run("export", "--checkpoint", str(checkpoint))
-        meta = json.loads(checkpoint.with_suffix(".json").read_text())
-        finals[framework] = read_metrics(runs / "mine")[-1]
-        assert list((runs / "mine" / "tensorboard").glob("events.out.tfevents.*"))
-        assert_learned(task, finals[framework], meta)
-    raw, lightning = finals["raw"][key], finals["lightning"][key]
-    gap = abs(raw - lightning) / (abs(raw) if key == "val/loss" else 1)
-    print(f"{task}: {key} raw {raw:.4f}, lightning {lightning:.4f}")
-    assert gap <= tolerance, f"{key}: raw {raw:.4f} vs lightning {lightning:.4f}"
+@pytest.mark.parametrize("task", [pytest.param(t, marks=cpu_group(t)) for t in TASKS])
+def test_both_engines_train_the_same_default_run(task, default_run):
+    """Raw and Lightning, same defaults and seed: the same metrics.csv to the last digit,
+    the same baseline, and the same summary (why it stopped, the best evaluation)."""
+    _, raw_dir, raw = default_run(task, "raw")
+    _, lightning_dir, lightning = default_run(task, "lightning")
+    raw_csv = (raw_dir / "metrics.csv").read_text()
+    assert (lightning_dir / "metrics.csv").read_text() == raw_csv
+    assert read_baseline(lightning_dir) == read_baseline(raw_dir)
+    summaries = [result.stdout.strip().splitlines()[-3:-1] for result in (raw, lightning)]
+    assert summaries[0] == summaries[1]
+    print(f"{task}: {len(raw_csv.splitlines()) - 1} evaluations; {summaries[0]}")
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("framework", ["raw", "lightning"])
-def test_same_seed_same_run_and_a_killed_run_resumes_exactly(framework, template_copy, tmp_path):
-    project = render(
-        template_copy,
-        tmp_path / "project",
-        project_name=f"again-{framework}",
-        task="image-classification",  # dropout and batch norm: the RNG and buffers matter
-        framework=framework,
-    )
-    installed = install(project, tmp_path / "venv")
-    runs = tmp_path / "runs"
-    common = [*CPU, "--output-dir", str(runs), "--seed", "3", "--epochs", "5"]
-    common += ["--set", "train.patience=0"]
-    installed.run("train", *common, "--name", "a")
-    installed.run("train", *common, "--name", "b")
-    a, b = read_metrics(runs / "a"), read_metrics(runs / "b")
-    assert a == b, "two runs with the same seed differ"
+@pytest.mark.parametrize("task", TASKS)
+def test_trains_on_user_data_with_tensorboard_and_both_engines_agree(
+    task, installed_project, tmp_path
+):
+    """--data in the task's format, the tensorboard answer; raw and Lightning give the
+    same metrics.csv, to the last digit."""
+    data = write_user_data(task, tmp_path / "data")
+    held_out = write_user_data(task, tmp_path / "held-out", seed=1, scale=0.25)
+    extra = ["--target", "price"] if task == "tabular-regression" else []
+    texts = {}
+    for framework in ("raw", "lightning"):
+        combination = {"task": task, "framework": framework, "hardware": "cpu"}
+        installed = installed_project(combination, logger="tensorboard")
+        runs = tmp_path / f"runs-{framework}"
+        best = runs / "mine" / "checkpoints" / "best.ckpt"
+        trained, evaluated, exported = installed.drive(
+            ["train", *CPU, "--data", str(data), *extra, *short(task), "--seed", "7"]
+            + ["--batch-size", "32", "--output-dir", str(runs), "--name", "mine"],
+            ["evaluate", "--checkpoint", str(best), "--data", str(held_out)],
+            ["export", "--checkpoint", str(best)],
+        )
+        for outcome in (trained, evaluated, exported):
+            outcome.check()
+        assert_no_warnings(trained.stderr)
+        run_dir = runs / "mine"
+        rows, best_row = check_run(task, run_dir, trained.stdout, tensorboard=True, exported=True)
+        baseline = read_baseline(run_dir)
+        assert_learned(task, best_row, baseline)
+        # evaluate --data: more data of the same kind, which the model has not seen.
+        assert_learned(task, parse_metrics(evaluated.stdout), baseline)
+        (events,) = (run_dir / "tensorboard").glob("events.out.tfevents.*")
+        for key in ("train/loss", "val/loss", *(k for k in best_row if k.startswith("val/"))):
+            assert key.encode() in events.read_bytes(), f"{key} not in TensorBoard's log"
+        texts[framework] = (run_dir / "metrics.csv").read_text()
+        key = MONITOR[task][0]
+        print(f"{task} {framework}: best {key} {best_row[key]:.4f} ({baseline['name']} ", end="")
+        print(f"{baseline[key]:.4f}) at step {best_row['step']:.0f}")
+    assert texts["raw"] == texts["lightning"]
 
-    # Kill a third run as soon as it has written a checkpoint, then resume it.
-    last = runs / "c" / "checkpoints" / "last.ckpt"
+
+def checkpoint_weights_and_place(path: Path) -> tuple[dict, dict]:
+    """A checkpoint's model weights (named as in model.py) and its loader's place in the
+    epoch, from either engine's checkpoint."""
+    checkpoint = torch.load(path, weights_only=True)
+    if checkpoint["engine"] == "raw":
+        return checkpoint["model"], checkpoint["loader"]
+    weights = {
+        key.removeprefix("model."): value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith("model.")
+    }
+    return weights, checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    "framework",
+    [pytest.param(f, marks=cpu_group("image-classification")) for f in ("raw", "lightning")],
+)
+def test_a_killed_run_resumes_mid_epoch_exactly(framework, installed_project, tmp_path):
+    """SIGKILL the real `train` process after its first checkpoint, which is mid-epoch, then
+    `--resume last`: the run ends as the uninterrupted one with the same seed, row for row,
+    to the last digit (and, the weights, to float tolerance). The uninterrupted run also
+    shows that a seed makes a run again, in another process."""
+    combination = {"task": "image-classification", "framework": framework, "hardware": "cpu"}
+    installed = installed_project(combination)  # dropout and batch norm: RNG and buffers count
+    runs = tmp_path / "runs"
+    # An evaluation, hence a checkpoint, every 6 steps; an epoch of the built-in set is
+    # longer and no multiple of 6 (checked below): every checkpoint is mid-epoch.
+    common = [*CPU, "--output-dir", str(runs), "--seed", "3", "--max-steps", "30"]
+    common += ["--set", "train.eval_every=6", "--set", "train.patience=0"]
+
+    last = runs / "killed" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(
-        [str(installed.script), "train", *common, "--name", "c"],
-        cwd=project,
+        [str(installed.script), "train", *common, "--name", "killed"],
+        cwd=installed.project,
         env=command_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -210,55 +295,116 @@ def test_same_seed_same_run_and_a_killed_run_resumes_exactly(framework, template
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     process.kill()
-    assert process.wait() != 0, "the run finished before it could be interrupted"
-    # No --epochs: a resumed run takes its settings from the checkpoint.
-    installed.run("train", *CPU, "--output-dir", str(runs), "--resume", str(last))
-    c = read_metrics(runs / "c")
-    assert [row["epoch"] for row in c] == [0, 1, 2, 3, 4]
-    for uninterrupted, resumed in zip(a, c, strict=True):
-        for key in ("step", "train/loss", "val/loss", "val/acc"):
-            assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-5), key
+    assert process.wait() != 0, "the run finished before it could be killed"
+    _, place = checkpoint_weights_and_place(last)
+    assert place["served"] > 0, f"the checkpoint is at an epoch's end: {place}"
+    killed_at = read_metrics(runs / "killed")
+
+    (uninterrupted,) = installed.drive(["train", *common, "--name", "whole"])
+    uninterrupted.check()
+    # No --max-steps or --seed: a resumed run takes its settings from its checkpoint.
+    resume = ["--output-dir", str(runs), "--resume", "last", "--name", "killed"]
+    resumed = installed.run("train", *CPU, *resume)
+    assert "run folder: " + str(runs / "killed") in resumed.stdout
+    whole, killed = read_metrics(runs / "whole"), read_metrics(runs / "killed")
+    assert [row["step"] for row in whole] == [6, 12, 18, 24, 30]
+    assert killed_at == whole[: len(killed_at)], "the killed run had other metrics before"
+    assert killed == whole, "the resumed run differs from the uninterrupted one"
+    whole_csv = (runs / "whole" / "metrics.csv").read_text()
+    assert (runs / "killed" / "metrics.csv").read_text() == whole_csv
+    weights, _ = checkpoint_weights_and_place(runs / "whole" / "checkpoints" / "last.ckpt")
+    resumed_weights, _ = checkpoint_weights_and_place(last)
+    assert weights.keys() == resumed_weights.keys()
+    for key, value in weights.items():
+        torch.testing.assert_close(resumed_weights[key], value, msg=key)
 
 
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("framework", ["raw", "lightning"])
-def test_user_mistakes_are_one_line_errors(framework, template_copy, tmp_path):
-    project = render(
-        template_copy,
-        tmp_path / "project",
-        project_name=f"oops-{framework}",
-        task="tabular-regression",
-        framework=framework,
-    )
-    installed = install(project, tmp_path / "venv")
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    "framework",
+    [pytest.param(f, marks=cpu_group("tabular-regression")) for f in ("raw", "lightning")],
+)
+def test_user_mistakes_are_one_line_errors(framework, installed_project, tmp_path):
+    """Each mistake is one line on stderr, exit code 2, and leaves the runs as they were.
+    They run in one process through the console script's entry point, cli.main (one also
+    through the real console script)."""
+    combination = {"task": "tabular-regression", "framework": framework, "hardware": "cpu"}
+    installed = installed_project(combination)
     runs = tmp_path / "runs"
     out = ["--output-dir", str(runs)]
-    installed.run("train", *CPU, *out, "--epochs", "2", "--name", "done")
-    finished = (runs / "done" / "metrics.csv").read_text()
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"not a checkpoint")
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("a,b\n1,2\n")
+    outside = tmp_path / "elsewhere" / "copied.ckpt"
+    done = runs / "done" / "checkpoints" / "last.ckpt"
+    setup = [
+        ["train", *CPU, *out, "--max-steps", "30", "--set", "train.eval_every=10"]
+        + ["--name", "done"],
+        ["train", *CPU, *out, "--epochs", "1", "--name", "capped"],
+    ]
+    mistakes = [
+        ("does not exist", ["train", *CPU, *out, "--data", str(tmp_path / "missing.csv")]),
+        ("expected a CSV with a 'target'", ["train", *CPU, *out, "--data", str(bad_csv)]),
+        ("exists already", ["train", *CPU, *out, "--name", "done"]),
+        ("unknown key 'train.epoch'", ["train", *CPU, *out, "--set", "train.epoch=3"]),
+        ("train.max_steps must be at least 1", ["train", *CPU, *out, "--max-steps", "0"]),
+        ("train.accelerator must be one of", ["train", *CPU, *out, "--accelerator", "tpu"]),
+        ("no CUDA GPU", ["train", *out, "--accelerator", "gpu"]),
+        ("MPS backend is not available", ["train", *out, "--accelerator", "mps"]),
+        (
+            "other model settings",
+            ["train", *CPU, *out, "--resume", "last", "--name", "done"]
+            + ["--set", "model.hidden=32"],
+        ),
+        (
+            "has trained its 30 steps already; pass --max-steps",
+            ["train", *CPU, *out, "--resume", "last", "--name", "done"],
+        ),
+        (
+            "has trained its 1 epochs already; pass --epochs",
+            ["train", *CPU, *out, "--resume", "last", "--name", "capped"],
+        ),
+        (
+            "is not in a run folder (runs/<name>/checkpoints/); to start a new run from it, "
+            "add --name NEW",
+            ["train", *CPU, *out, "--resume", str(outside), "--max-steps", "40"],
+        ),
+        (
+            f"no {tmp_path / 'empty' / '*'}/checkpoints/last.ckpt; train first",
+            ["train", *CPU, "--output-dir", str(tmp_path / "empty"), "--resume", "last"],
+        ),
+        ("cannot read checkpoint", ["evaluate", "--checkpoint", str(corrupt)]),
+        ("does not exist", ["evaluate", "--checkpoint", str(tmp_path / "nope.ckpt")]),
+    ]
+    outcomes = installed.drive(*setup)
+    for outcome in outcomes:
+        outcome.check()
+    assert "stopped after step 30: the step budget is spent (30 steps)" in outcomes[0].stdout
+    assert "stopped after step " in outcomes[1].stdout
+    assert ": the epoch cap is reached (1 epochs)" in outcomes[1].stdout
+    finished = {name: (runs / name / "metrics.csv").read_text() for name in ("done", "capped")}
+    outside.parent.mkdir()
+    shutil.copy(done, outside)
 
-    def fails(*args: str, says: str) -> None:
-        result = installed.run(*args, check=False)
-        assert result.returncode == 2, result.stderr
-        message = result.stderr.strip()
+    # A checkpoint outside a run folder starts a new run with --name: its rows go on.
+    from_outside = ["train", *CPU, *out, "--resume", str(outside), "--name", "again"]
+    outcomes = installed.drive(
+        *(argv for _, argv in mistakes), [*from_outside, "--max-steps", "40"]
+    )
+    for (says, _), outcome in zip(mistakes, outcomes, strict=False):
+        message = outcome.stderr.strip()
+        assert outcome.code == 2, (outcome.argv, outcome.stderr)
         assert message.startswith("error: ") and "\n" not in message, message
         assert says in message, message
+    outcomes[-1].check()
+    assert [row["step"] for row in read_metrics(runs / "again")] == [40]
+    # The finished runs were left as they were, and no mistake made a run folder.
+    for name, text in finished.items():
+        assert (runs / name / "metrics.csv").read_text() == text
+    assert sorted(p.name for p in runs.iterdir()) == ["again", "capped", "done"]
 
-    fails("train", *CPU, *out, "--data", str(tmp_path / "missing.csv"), says="does not exist")
-    fails("train", *CPU, *out, "--data", str(bad_csv), says="expected a CSV with a 'target'")
-    fails("train", *CPU, *out, "--name", "done", says="exists already")
-    fails("train", *CPU, *out, "--set", "train.epoch=3", says="unknown key 'train.epoch'")
-    fails("train", *CPU, *out, "--accelerator", "tpu", says="train.accelerator must be one of")
-    fails("train", *out, "--accelerator", "gpu", says="no CUDA GPU")
-    fails("train", *out, "--accelerator", "mps", says="MPS backend is not available")
-    last = str(runs / "done" / "checkpoints" / "last.ckpt")
-    fails("train", *CPU, *out, "--resume", last, "--set", "model.hidden=32", says="other model")
-    fails("train", *CPU, *out, "--resume", last, says="trained its 2 epochs already")
-    fails("evaluate", "--checkpoint", str(corrupt), says="cannot read checkpoint")
-    fails("evaluate", "--checkpoint", str(tmp_path / "nope.ckpt"), says="does not exist")
-    # The finished run was left as it was.
-    assert (runs / "done" / "metrics.csv").read_text() == finished
-    assert [p.name for p in runs.iterdir()] == ["done"]
+    # The real console script says the same, in one line.
+    result = installed.run("train", *mistakes[0][1][1:], check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "does not exist" in result.stderr

@@ -280,9 +280,10 @@ def test_switching_the_framework_both_ways_keeps_the_users_code(template, work, 
         commit_all(project, f"switched to {framework}")
 
         installed = install(project, tmp_path / f"venv-{framework}")
-        installed.run("train", *SHORT, "--name", framework)
+        # A few steps, then the project's own tests, in one process.
+        (trained,) = installed.drive(["train", *SHORT, "--name", framework], pytest=True)
+        trained.check()
         assert (project / "runs" / framework / "checkpoints" / "last.ckpt").is_file()
-        run([str(installed.python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project)
     assert engines["raw"] != engines["lightning"]
     assert (src / "engine.py").read_text() == engines["lightning"]  # back where it started
 

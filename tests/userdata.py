@@ -6,15 +6,16 @@ Each is learnable, so that a test can assert that a model trained on it really l
 from __future__ import annotations
 
 import csv
+import inspect
 import random
 from pathlib import Path
 
 
-def image_folder(root: Path, per_class: int = 100) -> Path:
+def image_folder(root: Path, per_class: int = 100, seed: int = 0) -> Path:
     """root/circle/*.png and root/square/*.jpg: shapes of several sizes and colours."""
     from PIL import Image, ImageDraw
 
-    rng = random.Random(0)
+    rng = random.Random(seed)
     for name in ("circle", "square"):
         (root / name).mkdir(parents=True)
         for i in range(per_class):
@@ -30,9 +31,9 @@ def image_folder(root: Path, per_class: int = 100) -> Path:
     return root
 
 
-def text_csv(path: Path, rows: int = 400) -> Path:
+def text_csv(path: Path, rows: int = 400, seed: int = 0) -> Path:
     """text,label rows: reviews whose words say positive or negative (with commas, quotes)."""
-    rng = random.Random(0)
+    rng = random.Random(seed)
     words = {
         "positive": ["great", "wonderful", "loved", "superb", "brilliant", "moving"],
         "negative": ["awful", "boring", "hated", "dull", "terrible", "clumsy"],
@@ -49,9 +50,9 @@ def text_csv(path: Path, rows: int = 400) -> Path:
     return path
 
 
-def table_csv(path: Path, rows: int = 600) -> Path:
+def table_csv(path: Path, rows: int = 600, seed: int = 0) -> Path:
     """Numeric columns a, b, c and the target `price` = 3a - 2b + c**2 + noise."""
-    rng = random.Random(0)
+    rng = random.Random(seed)
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["a", "b", "c", "price"])
@@ -68,9 +69,9 @@ def table_csv(path: Path, rows: int = 600) -> Path:
     return path
 
 
-def text_file(path: Path, lines: int = 1200) -> Path:
+def text_file(path: Path, lines: int = 1200, seed: int = 0) -> Path:
     """A UTF-8 text of counting rhymes, with non-ASCII letters."""
-    rng = random.Random(0)
+    rng = random.Random(seed)
     numbers = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
     endings = ["little ducks", "grüne Äpfel", "red ships", "café chairs"]
     text = []
@@ -81,16 +82,20 @@ def text_file(path: Path, lines: int = 1200) -> Path:
     return path
 
 
-WRITERS = {
-    "image-classification": ("images", image_folder),
-    "text-classification": ("reviews.csv", text_csv),
-    "tabular-regression": ("houses.csv", table_csv),
-    "language-modeling": ("rhymes.txt", text_file),
+WRITERS = {  # file name, writer, its size argument
+    "image-classification": ("images", image_folder, "per_class"),
+    "text-classification": ("reviews.csv", text_csv, "rows"),
+    "tabular-regression": ("houses.csv", table_csv, "rows"),
+    "language-modeling": ("rhymes.txt", text_file, "lines"),
 }
 
 
-def write_user_data(task: str, folder: Path) -> Path:
-    """The task's dataset, written under folder; returns the path to give to --data."""
-    name, writer = WRITERS[task]
+def write_user_data(task: str, folder: Path, seed: int = 0, scale: float = 1.0) -> Path:
+    """The task's dataset, written under folder; returns the path to give to --data.
+
+    Another seed gives other samples of the same kind (a held-out set), `scale` a share of
+    the usual size."""
+    name, writer, size = WRITERS[task]
     folder.mkdir(parents=True, exist_ok=True)
-    return writer(folder / name)
+    usual = inspect.signature(writer).parameters[size].default
+    return writer(folder / name, **{size: max(1, round(usual * scale))}, seed=seed)

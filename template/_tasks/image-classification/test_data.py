@@ -7,7 +7,12 @@ import pytest
 from PIL import Image
 
 from {{ package_name }}.config import load_config
-from {{ package_name }}.data import DataError, build_datasets, load_image, predict
+from {{ package_name }}.data import (  # one name a line: the package name may be long
+    DataError,
+    build_datasets,
+    load_image,
+    predict,
+)
 from {{ package_name }}.model import build_model
 
 

@@ -22,11 +22,14 @@ from generator.questions import MATRIX_AXES, matrix, template_root
 REPO = Path(__file__).resolve().parent.parent
 COMBINATIONS = matrix()
 TASKS = sorted({c["task"] for c in COMBINATIONS})
-# What a run folder holds (with the csv logger; TensorBoard adds tensorboard/).
+# What a run folder holds (with the csv logger; TensorBoard adds tensorboard/). The projects
+# of the tests are not git repositories: no git.diff.
 RUN_FILES = {
     "config.yaml",
     "metrics.csv",
     "baseline.json",
+    "record.json",
+    "packages.txt",
     "curves.png",
     "checkpoints/best.ckpt",
     "checkpoints/last.ckpt",

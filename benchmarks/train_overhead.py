@@ -35,6 +35,10 @@ STEPS = {
     "language-modeling": 150,
 }
 KINDS = ("reference", "raw", "lightning")
+HEADER = """\
+| task | steps | reference s | raw s | Lightning s | steps/s ref / raw / L | raw / ref \
+| L / raw | peak RSS MB ref / raw / L |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |"""
 
 
 def generate(tmp: Path, task: str, framework: str) -> Path:
@@ -66,6 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     extra = ["--accelerator", args.accelerator] + [f"--set={item}" for item in args.settings]
     rows = []
+    print(HEADER)
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
             projects = {
@@ -92,13 +97,6 @@ def main() -> None:
 
 
 def print_row(task: str, steps: int, seconds: dict, memory: dict) -> None:
-    if not hasattr(print_row, "header"):
-        print_row.header = True
-        print(
-            "| task | steps | reference s | raw s | Lightning s | steps/s ref / raw / L "
-            "| raw / ref | L / raw | peak RSS MB ref / raw / L |"
-        )
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rate = " / ".join(f"{steps / seconds[k]:.0f}" for k in KINDS)
     rss = " / ".join(f"{memory[k]:.0f}" for k in KINDS)
     print(

@@ -55,7 +55,7 @@ SHORT = {  # max_steps, eval_every
     "image-classification": (30, 10),
     "text-classification": (100, 25),
     "tabular-regression": (60, 20),
-    "language-modeling": (150, 50),
+    "language-modeling": (200, 50),
 }
 
 

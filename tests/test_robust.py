@@ -305,14 +305,14 @@ def every_mode(root: Path) -> Path:
 FAIL_IN_A_WORKER = """
 import importlib, torch
 data = importlib.import_module(package + ".data")
-load_image = data.load_image
+load_pixels = data.load_pixels  # what decodes every image, cached in memory or not
 
 def failing(path, size):
     if torch.utils.data.get_worker_info() is not None:
         raise data.DataError("cannot read image (in a worker)")
-    return load_image(path, size)
+    return load_pixels(path, size)
 
-data.load_image = failing
+data.load_pixels = failing
 """
 
 

@@ -6,7 +6,7 @@ class DataConfig:
     val_split: float = 0.1  # the end of the text held out for validation
     folds: int | None = None  # k-fold cross-validation (train --folds K): val_split unused
     fold: int | None = None  # which of the folds is held out for validation, 1 to folds
-    block_size: int = 64  # characters of context the model sees
+    block_size: int = 32  # characters of context the model sees
 
 
 @dataclass

@@ -8,6 +8,7 @@ Both engines report through these, so their output reads the same. Rank 0 only.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from .config import PROJECT, Config, require_extra
 from .model import MONITOR
+from .runs import write_atomically
 from .training import Interrupted, Outcome
 
 # How each stop reason reads, in the summary and in the docs.
@@ -90,11 +92,13 @@ class MetricsLog:
         self.tracker.log(row)
 
     def _rewrite(self, rows: list[dict]) -> None:
-        with self.path.open("w", newline="") as file:
-            if self.fields is not None:
-                writer = csv.DictWriter(file, fieldnames=self.fields)
-                writer.writeheader()
-                writer.writerows(rows)
+        # Atomic: a kill while a resumed run trims the file leaves the old rows, not none.
+        buffer = io.StringIO(newline="")
+        if self.fields is not None:
+            writer = csv.DictWriter(buffer, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        write_atomically(self.path, buffer.getvalue())
 
     def close(self, error: BaseException | None = None) -> None:
         """End the tracker's run: finished, or failed or killed by `error`."""

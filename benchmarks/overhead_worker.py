@@ -76,13 +76,18 @@ def reference_loop(package: str):
         train_set, val_set, meta = data.build_datasets(cfg)
         generator = torch.Generator().manual_seed(t.seed)
         drop_last = len(train_set) >= t.batch_size
-        loader = DataLoader(train_set, t.batch_size, shuffle=True, drop_last=drop_last, generator=generator)
+        loader = DataLoader(
+            train_set, t.batch_size, shuffle=True, drop_last=drop_last, generator=generator
+        )
         val_loader = DataLoader(val_set, t.batch_size)
         model = model_code.build_model(cfg, meta).to(device)
         metrics = model_code.build_metrics(meta).to(device)
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": t.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         optimizer = torch.optim.AdamW(groups, lr=t.lr, fused=device.type == "cuda")
         warmup = int(t.warmup_ratio * t.max_steps)
 

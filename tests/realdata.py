@@ -3,7 +3,7 @@
 Nothing here is generated noise: the images are scikit-learn's bundled handwritten digits,
 the table its diabetes study, the texts the standard library's own docstrings (labelled
 by their package), and the language model's text the Python documentation's help topics.
-Every machine with the dev dependencies has them; nothing is downloaded.
+Every machine set up as .ci/run does has them; nothing is downloaded.
 
 Each builder writes the data in the format DESIGN.md gives for the task, and returns the
 --data path and a function that scores the classical baseline on the project's own split.
@@ -15,10 +15,16 @@ import csv
 import inspect
 import math
 import random
+import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+# scikit-learn lives outside the environment the generated projects see (.ci/run installs it
+# with --target .baselines): beside them, its scipy would be imported by every project's
+# torchmetrics, a second more per process. Appended, so that numpy stays the environment's.
+sys.path.append(str(Path(__file__).resolve().parent.parent / ".baselines"))
 
 SEED = 42  # the generated projects' default seed, which decides their split
 VAL_SPLIT = 0.2  # their default validation share (the language model holds out 0.1)

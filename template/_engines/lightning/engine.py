@@ -106,8 +106,15 @@ class TaskModule(L.LightningModule):
         outputs = self.model(inputs).float()
         self.val_loss.update(compute_loss(outputs, targets), weight=len(targets))
         self.val_metrics.update(outputs, targets)
-        self.log("val/loss", self.val_loss)
-        self.log_dict(self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        # Logged once an evaluation, not per batch: Lightning's logging of metric objects
+        # costs milliseconds a batch. compute() has reduced over the DDP processes already;
+        # sync_dist averages equal values, which leaves them as they are, and says so.
+        self.log("val/loss", self.val_loss.compute(), sync_dist=True)
+        self.log_dict(self.val_metrics.compute(), sync_dist=True)
+        self.val_loss.reset()
+        self.val_metrics.reset()
 
     def configure_optimizers(self):
         optimizer, scheduler = build_optimizer(self.model, self.cfg, self.device)

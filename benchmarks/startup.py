@@ -39,13 +39,14 @@ TASKS = ["image-classification", "text-classification", "tabular-regression", "l
 SITECUSTOMIZE = """
 import os, sys, time
 import torch  # the train command imports it anyway; here, first, to hook its optimizers
+from torch.optim.optimizer import register_optimizer_step_post_hook
 def _first_step(optimizer, args, kwargs):
     if not _first_step.seen:
         _first_step.seen = True
         start = float(os.environ["STARTUP_T0"])
         print(f"FIRST_STEP {time.time() - start:.3f}", file=sys.stderr, flush=True)
 _first_step.seen = False
-torch.optim.optimizer.register_optimizer_step_post_hook(_first_step)
+register_optimizer_step_post_hook(_first_step)
 """
 
 

@@ -8,7 +8,6 @@ Both engines report through these, so their output reads the same. Rank 0 only.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 from .config import PROJECT, Config, require_extra
 from .model import MONITOR
-from .runs import write_atomically
+from .runs import temporary_beside
 from .training import Interrupted, Outcome
 
 # How each stop reason reads, in the summary and in the docs.
@@ -93,12 +92,11 @@ class MetricsLog:
 
     def _rewrite(self, rows: list[dict]) -> None:
         # Atomic: a kill while a resumed run trims the file leaves the old rows, not none.
-        buffer = io.StringIO(newline="")
-        if self.fields is not None:
-            writer = csv.DictWriter(buffer, fieldnames=self.fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        write_atomically(self.path, buffer.getvalue())
+        with temporary_beside(self.path) as tmp, tmp.open("w", newline="") as file:
+            if self.fields is not None:
+                writer = csv.DictWriter(file, fieldnames=self.fields)
+                writer.writeheader()
+                writer.writerows(rows)
 
     def close(self, error: BaseException | None = None) -> None:
         """End the tracker's run: finished, or failed or killed by `error`."""

@@ -108,7 +108,7 @@ def reference_loop(package: str):
             for inputs, targets in loader:
                 inputs, targets = inputs.to(device, non_blocking=True), targets.to(device)
                 with autocast:
-                    loss = model_code.compute_loss(model(inputs), targets)
+                    loss, _, _ = model_code.step(model, (inputs, targets))
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
                 optimizer.step()
@@ -129,9 +129,8 @@ def reference_loop(package: str):
         for inputs, targets in loader:
             inputs, targets = inputs.to(device), targets.to(device)
             with autocast:
-                outputs = model(inputs).float()
-            model_code.compute_loss(outputs, targets)
-            metrics.update(outputs, targets)
+                _, outputs, _ = model_code.step(model, (inputs, targets))
+            metrics.update(outputs.float(), targets)
         metrics.compute()
         model.train()
 

@@ -27,17 +27,17 @@ STEPS_PER_EPOCH = 25
 SIGNAL_AT_STEP = """
 import importlib, os, signal, torch
 engine = importlib.import_module(package + ".engine")
-compute_loss = engine.compute_loss
+step = engine.step
 steps = []
 
-def signalling_loss(outputs, targets):
+def signalling_step(model, batch):
     if torch.is_grad_enabled():
         steps.append(1)
         if len(steps) == {at}:
             os.kill(os.getpid(), signal.{name})
-    return compute_loss(outputs, targets)
+    return step(model, batch)
 
-engine.compute_loss = signalling_loss
+engine.step = signalling_step
 """
 
 
@@ -279,13 +279,13 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(framework, instal
 NAN_LOSS = """
 import importlib, torch
 engine = importlib.import_module(package + ".engine")
-compute_loss = engine.compute_loss
+step = engine.step
 
-def nan_loss(outputs, targets):
-    loss = compute_loss(outputs, targets)
-    return loss * float("nan") if torch.is_grad_enabled() else loss
+def nan_step(model, batch):
+    loss, outputs, targets = step(model, batch)
+    return (loss * float("nan") if torch.is_grad_enabled() else loss), outputs, targets
 
-engine.compute_loss = nan_loss
+engine.step = nan_step
 """
 
 

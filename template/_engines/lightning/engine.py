@@ -32,7 +32,7 @@ from .model import (
     build_baseline,
     build_metrics,
     build_model,
-    compute_loss,
+    step,
 )
 from .record import write_record
 from .runs import (
@@ -88,12 +88,11 @@ class TaskModule(L.LightningModule):
         self.train_loss = MeanMetric()
         self.train_loss.persistent(True)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(inputs)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(*inputs)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        inputs, targets = batch
-        loss = compute_loss(self.model(inputs), targets)
+    def training_step(self, batch, batch_idx: int):
+        loss, _, targets = step(self.model, batch)
         # Stop at a nan or inf loss, before it reaches the weights or a checkpoint.
         if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss), all=False):
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
@@ -101,11 +100,10 @@ class TaskModule(L.LightningModule):
         self.train_loss.update(loss.detach(), weight=len(targets))
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        inputs, targets = batch
-        outputs = self.model(inputs).float()
-        self.val_loss.update(compute_loss(outputs, targets), weight=len(targets))
-        self.val_metrics.update(outputs, targets)
+    def validation_step(self, batch, batch_idx: int):
+        loss, outputs, targets = step(self.model, batch)
+        self.val_loss.update(loss.float(), weight=len(targets))
+        self.val_metrics.update(outputs.float(), targets)
 
     def on_validation_epoch_end(self) -> None:
         # Logged once an evaluation, not per batch: Lightning's logging of metric objects

@@ -39,7 +39,7 @@ from .model import (
     build_baseline,
     build_metrics,
     build_model,
-    compute_loss,
+    step,
 )
 from .record import write_record
 from .runs import (
@@ -64,6 +64,7 @@ from .training import (
     make_loader,
     seed_everything,
     set_rng_state,
+    to_device,
 )
 
 ENGINE = "raw"
@@ -166,8 +167,8 @@ class Loop:
         self.net.train()
         while True:
             loader.sampler.set_epoch(state.epoch)  # a new shuffle each epoch, same on each rank
-            for inputs, targets in loader:
-                stop_asked = self.train_step(inputs, targets, signals)
+            for batch in loader:
+                stop_asked = self.train_step(batch, signals)
                 if stop_asked is None:  # a micro-batch of an accumulation: no step yet
                     continue
                 if stop_asked:
@@ -185,19 +186,18 @@ class Loop:
             if t.epochs and state.epoch >= t.epochs:
                 return self.outcome("epochs")
 
-    def train_step(self, inputs, targets, signals: StopSignals) -> bool | None:
+    def train_step(self, batch, signals: StopSignals) -> bool | None:
         """Forward and backward one micro-batch, and step the optimizer on the last one of
         an accumulation (or of the epoch). Returns None when it did not step, else whether
         a signal asks to stop."""
         t, state, served = self.cfg.train, self.state, self.train_loader.served
-        inputs = inputs.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
+        batch = to_device(batch, self.device)
         stepping = served % t.accumulate == 0 or served == len(self.train_loader)
         # Gradients are all-reduced only on the last micro-step of an accumulation.
         no_sync = self.world_size > 1 and not stepping
         with self.net.no_sync() if no_sync else contextlib.nullcontext():
             with self.autocast:
-                loss = compute_loss(self.net(inputs), targets)
+                loss, _, targets = step(self.net, batch)
             diverged, stop_asked = self.agree(not torch.isfinite(loss), signals.received)
             if diverged:  # before it reaches the weights, and before anything is saved
                 raise Diverged(state.step + 1, loss.item(), self.lr)

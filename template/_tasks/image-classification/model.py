@@ -71,8 +71,13 @@ def build_model(cfg: Config, meta: dict) -> SmallCNN:
     )
 
 
-def compute_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, labels)
+def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch through the model: the loss to minimise, and the (outputs, targets) that
+    the metrics of build_metrics are updated with. Training, evaluation and the baseline
+    all go through it: a model with other inputs, or a loss that needs them, changes here."""
+    images, labels = batch
+    logits = model(images)
+    return F.cross_entropy(logits, labels), logits, labels
 
 
 def build_metrics(meta: dict) -> MetricCollection:

@@ -102,8 +102,14 @@ def build_model(cfg: Config, meta: dict) -> CharTransformer:
     )
 
 
-def compute_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch through the model: the loss to minimise, and the (outputs, targets) that
+    the metrics of build_metrics are updated with. Training, evaluation and the baseline
+    all go through it: a model with other inputs, or a loss that needs them, changes here."""
+    tokens, targets = batch
+    logits = model(tokens)
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    return loss, logits, targets
 
 
 def build_metrics(meta: dict) -> MetricCollection:

@@ -64,8 +64,13 @@ def build_model(cfg: Config, meta: dict) -> MLPRegressor:
     )
 
 
-def compute_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(predictions, targets)
+def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch through the model: the loss to minimise, and the (outputs, targets) that
+    the metrics of build_metrics are updated with. Training, evaluation and the baseline
+    all go through it: a model with other inputs, or a loss that needs them, changes here."""
+    features, targets = batch
+    predictions = model(features)
+    return F.mse_loss(predictions, targets), predictions, targets
 
 
 def build_metrics(meta: dict) -> MetricCollection:

@@ -21,7 +21,7 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from .config import Config
 from .hardware import loader_processes
-from .model import compute_loss
+from .model import step
 
 
 class Diverged(Exception):
@@ -226,18 +226,26 @@ def evaluate_model(
     model.eval()
     metrics.reset()
     losses = val_loss_metric().to(device)
-    for inputs, targets in loader:
-        inputs = inputs.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
+    for batch in loader:
         with autocast or contextlib.nullcontext():
-            outputs = model(inputs)
-        outputs = outputs.float()
-        losses.update(compute_loss(outputs, targets), weight=len(targets))
-        metrics.update(outputs, targets)
+            loss, outputs, targets = step(model, to_device(batch, device))
+        losses.update(loss.float(), weight=len(targets))
+        metrics.update(outputs.float(), targets)
     model.train(was_training)
     results = {"val/loss": losses.compute().item()}
     results.update({f"val/{k}": v.item() for k, v in metrics.compute().items()})
     return results
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A batch (tensors, or tuples, lists and dicts of them) on `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
 
 
 def improved(value: float, best: float | None, mode: str) -> bool:

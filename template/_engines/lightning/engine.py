@@ -399,7 +399,7 @@ def evaluate(
         _, dataset, _ = build_datasets(cfg, meta)
     else:
         dataset = load_dataset(data, cfg, meta)
-    resolve_device(accelerator)  # a clear error when the hardware is absent
+    device = resolve_device(accelerator)  # a clear error when the hardware is absent
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -407,7 +407,8 @@ def evaluate(
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_size)
+    # The validation samples of training (train.eval_batches), batched alike.
+    loader = make_loader(dataset, cfg, 0, 1, device, train=False)
     (metrics,) = trainer.validate(module, dataloaders=loader, verbose=False)
     return metrics
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchmetrics import MeanMetric, MetricCollection
 
 from .config import Config
@@ -68,17 +68,53 @@ class Outcome:
 # --- data loading ----------------------------------------------------------------------
 
 
+# A dataset of more samples than this is not shuffled by a permutation (8 bytes a sample):
+# its samples are drawn at random with replacement, as language models draw text windows.
+PERMUTATION_LIMIT = 2**24
+CHUNK = 2**16  # indices made at a time, per process
+
+
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can start an epoch part-way through, for a mid-epoch resume."""
+    """DistributedSampler that can start an epoch part-way through, for a mid-epoch resume,
+    and that makes its indices a chunk at a time, never a list of the whole epoch, so that
+    a dataset of a billion samples costs no more memory than a small one.
+
+    Up to PERMUTATION_LIMIT samples, an epoch is DistributedSampler's own, index for index;
+    beyond, each index is drawn at random (with replacement) from the epoch's seeded
+    generator. Either way the epoch's order is the same on every rank, each rank takes every
+    world_size-th position of it, and the last positions wrap around to pad the ranks equal.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.start = 0  # samples of this rank's share to skip, once
 
     def __iter__(self):
-        indices = list(super().__iter__())
-        start, self.start = self.start, 0
-        return iter(indices[start:])
+        first = self.rank + self.start * self.num_replicas  # this rank's first position
+        self.start = 0
+        return self.indices(first)
+
+    def indices(self, first: int):
+        n, world = len(self.dataset), self.num_replicas
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        permutation = draws = None
+        if self.shuffle and n <= PERMUTATION_LIMIT:
+            permutation = torch.randperm(n, generator=generator)
+        span = CHUNK * world  # positions per chunk: a multiple of world, so ranks stay aligned
+        for begin in range(0, self.total_size, span):
+            end = min(begin + span, self.total_size)
+            if self.shuffle and permutation is None:
+                # Drawn for skipped chunks too: a resumed epoch draws what the original drew.
+                draws = torch.randint(n, (end - begin,), generator=generator)
+            if end <= first:
+                continue
+            positions = torch.arange(max(first, begin + self.rank), end, world)
+            if draws is not None:
+                yield from draws[positions - begin].tolist()
+            elif permutation is not None:
+                yield from permutation[positions % n].tolist()
+            else:
+                yield from (positions % n).tolist()
 
 
 class ResumableLoader(DataLoader):
@@ -116,7 +152,14 @@ def make_loader(
     device: torch.device,
     train: bool,
 ) -> ResumableLoader:
-    """A loader over this rank's share of the data, shuffled per epoch when training."""
+    """A loader over this rank's share of the data, shuffled per epoch when training.
+
+    For evaluation, train.eval_batches batches of samples spread evenly over the dataset
+    (the same ones every time) stand for all of it, so that evaluating a large dataset
+    takes the same time as a small one.
+    """
+    if not train and cfg.train.eval_batches:
+        dataset = spread(dataset, cfg.train.eval_batches * cfg.train.batch_size)
     sampler = ResumableSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=cfg.train.seed
     )
@@ -131,6 +174,12 @@ def make_loader(
         # whose state the checkpoint carries, so a resumed run draws what the original did.
         generator=torch.Generator().manual_seed(cfg.train.seed),
     )
+
+
+def spread(dataset: Dataset, count: int) -> Dataset:
+    """`count` samples spread evenly over the dataset, or all of it when it has no more."""
+    n = len(dataset)
+    return dataset if n <= count else Subset(dataset, [i * n // count for i in range(count)])
 
 
 def eval_interval(cfg: Config, batches_per_epoch: int) -> int:

@@ -39,7 +39,7 @@ TASK_METRICS = {
     "image-classification": ["val/acc"],
     "text-classification": ["val/acc"],
     "tabular-regression": ["val/mse", "val/r2"],
-    "language-modeling": ["val/ppl"],
+    "language-modeling": ["val/bpb", "val/ppl"],
 }
 # The metric a run is judged on, and whether higher is better (model.py's MONITOR).
 MONITOR = {

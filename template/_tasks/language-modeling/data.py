@@ -42,7 +42,7 @@ OBJECTS = ["the ball", "a red apple", "the garden", "a big house", "the river", 
 ENDINGS = [".", " today.", " at night.", " again.", " in the rain."]
 
 TOKENIZERS = ("char", "bpe")
-CHUNK_BYTES = 16 * 2**20  # text read, decoded and encoded at a time
+CHUNK_BYTES = 2**20  # text read, decoded and encoded at a time: small chunks stay in cache
 # A larger text is encoded once into a token file under the output folder; a smaller one is
 # encoded in memory at each start, which takes well under a second.
 CACHE_MIN_BYTES = 2**20
@@ -241,29 +241,33 @@ class CharTokenizer:
     """Every distinct character a token: a table from code points to ids. A new tokenizer
     (`grow`) gives each character it meets the next id."""
 
+    UNKNOWN = 2**16 - 1  # the table's entry for a character without an id
+
     def __init__(self, chars: str = "", grow: bool = False):
         self.chars, self.grow = chars, grow
-        self.table = np.full(0x110000, -1, dtype=np.int32)
-        self.table[[ord(char) for char in chars]] = np.arange(len(chars), dtype=np.int32)
+        self.table = np.full(0x110000, self.UNKNOWN, dtype=np.uint16)
+        self.table[[ord(char) for char in chars]] = np.arange(len(chars))
 
     @property
     def vocab_size(self) -> int:
         return len(self.chars)
 
     def ids(self, text: str, where: str = "the text") -> np.ndarray:
-        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        try:  # a byte a character when all are below 256 (ASCII, Latin-1): 4 times less
+            points = np.frombuffer(text.encode("latin-1"), dtype=np.uint8)
+        except UnicodeEncodeError:
+            points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         ids = self.table[points]
-        unknown = ids < 0
-        if unknown.any():
-            new = np.unique(points[unknown])
+        if ids.max(initial=0) == self.UNKNOWN:
+            new = np.unique(points[ids == self.UNKNOWN])
             if not self.grow:
                 raise DataError(
                     f"{where} has characters {[chr(p) for p in new[:10]]} that are not in the "
                     "model's vocabulary; use text with the characters of the training text"
                 )
-            if len(self.chars) + len(new) > 2**16:
+            if len(self.chars) + len(new) > self.UNKNOWN:
                 raise DataError(
-                    f"{where} has more than 65536 distinct characters; "
+                    f"{where} has more than {self.UNKNOWN} distinct characters; "
                     "use --set data.tokenizer=bpe"
                 )
             self.table[new] = np.arange(len(self.chars), len(self.chars) + len(new))
@@ -382,7 +386,7 @@ def encode(text: Text, cuts: list[int], meta: dict | None, cfg: Config):
         parts = []
         lengths, counts = encode_text(text, cuts, tokenizer, lambda ids, _: parts.append(ids))
         dtype = np.uint8 if tokenizer.vocab_size <= 256 else np.uint16
-        return np.concatenate(parts).astype(dtype), lengths, tokenizer, counts
+        return np.concatenate(parts).astype(dtype, copy=False), lengths, tokenizer, counts
 
     folder = Path(cfg.train.output_dir) / ".token-cache"
     signature = [CACHE_FORMAT, text.size, text.modified, cuts]
@@ -436,9 +440,11 @@ def encode_text(text: Text, cuts: list[int], tokenizer, write) -> tuple[list[int
             lengths.append(0)
             for chunk in text.chunks(file, start, end):
                 ids = tokenizer.ids(chunk, where=str(text.path or "the built-in text"))
+                ids = ids.astype(np.uint8 if tokenizer.vocab_size <= 256 else np.uint16)
                 write(ids, tokenizer.vocab_size)
-                if part != 1:
-                    counts += torch.bincount(torch.from_numpy(ids), minlength=len(counts))
+                if part != 1:  # torch counts uint8 and int32 fast, numpy neither
+                    small = ids if ids.dtype == np.uint8 else ids.astype(np.int32)
+                    counts += torch.bincount(torch.from_numpy(small), minlength=len(counts))
                 lengths[-1] += len(ids)
     return lengths, counts[: tokenizer.vocab_size].tolist()
 
@@ -460,7 +466,7 @@ class TokenWriter:
                 while len(block := np.fromfile(old, dtype=np.uint8, count=CHUNK_BYTES)):
                     block.astype(np.uint16).tofile(self.file)
             narrow.unlink()
-        ids.astype(self.dtype).tofile(self.file)
+        ids.astype(self.dtype, copy=False).tofile(self.file)
 
     def __enter__(self) -> TokenWriter:
         return self

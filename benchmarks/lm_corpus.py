@@ -121,7 +121,13 @@ def main() -> None:
         shutil.copytree(template_root() / "template", source / "template")
         project = tmp / "project"
         answers = {"task": "language-modeling", "framework": args.framework}
-        run_copy(str(source), project, data={**answers, "project_name": "bench"}, defaults=True)
+        run_copy(
+            str(source),
+            project,
+            data={**answers, "project_name": "bench"},
+            defaults=True,
+            quiet=True,
+        )
         env = {"PYTHONPATH": f"{tmp / 'hook'}{os.pathsep}{project / 'src'}"}
         train = [python, "-m", "bench", "train", "--accelerator", "cpu"]
         budget = ["--max-steps", str(args.steps), "--set", f"train.eval_every={args.steps // 2}"]

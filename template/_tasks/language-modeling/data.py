@@ -440,7 +440,8 @@ def encode_text(text: Text, cuts: list[int], tokenizer, write) -> tuple[list[int
             lengths.append(0)
             for chunk in text.chunks(file, start, end):
                 ids = tokenizer.ids(chunk, where=str(text.path or "the built-in text"))
-                ids = ids.astype(np.uint8 if tokenizer.vocab_size <= 256 else np.uint16)
+                dtype = np.uint8 if tokenizer.vocab_size <= 256 else np.uint16
+                ids = ids.astype(dtype, copy=False)
                 write(ids, tokenizer.vocab_size)
                 if part != 1:  # torch counts uint8 and int32 fast, numpy neither
                     small = ids if ids.dtype == np.uint8 else ids.astype(np.int32)

@@ -17,3 +17,4 @@ class ModelConfig:
 
     width: int = 16  # channels of the stem, doubled by each conv block after it
     dropout: float = 0.1
+    average: float = 0.99  # evaluate a moving average of the weights (steadier); 0: off

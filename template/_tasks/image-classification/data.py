@@ -99,19 +99,12 @@ def chosen_size(sizes: list[tuple[int, int]]) -> int:
 
 def describe(folders: list[ImageFolder], size: int, chosen: bool) -> None:
     """One line on the images found and the size they are resized to."""
-    sizes = [s for folder in folders for s in folder.sizes]
-    count = sum(len(folder) for folder in folders)
-    smallest, largest = min(sizes, key=lambda s: s[0] * s[1]), max(
-        sizes, key=lambda s: s[0] * s[1]
-    )
-    how = (
-        "chosen from their sizes; set data.image_size to change it"
-        if chosen
-        else "data.image_size"
-    )
+    sizes = sorted((s for folder in folders for s in folder.sizes), key=lambda s: s[0] * s[1])
+    (small_w, small_h), (large_w, large_h) = sizes[0], sizes[-1]
+    how = "chosen from their sizes; data.image_size sets it" if chosen else "data.image_size"
     print(
-        f"{count:,} images, from {smallest[0]}x{smallest[1]} to {largest[0]}x{largest[1]} "
-        f"pixels: resized to {size}x{size} ({how})",
+        f"{len(sizes):,} images, from {small_w}x{small_h} to {large_w}x{large_h} pixels: "
+        f"resized to {size}x{size} ({how})",
         flush=True,
     )
 

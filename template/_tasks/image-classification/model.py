@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -27,6 +28,12 @@ class SmallCNN(nn.Module):
     without it. Global average pooling makes any image size work. The per-channel mean and
     std of the training images are buffers: the model takes raw pixels in [0, 1], also once
     exported. `augment` changes the training images (only in training mode).
+
+    With `average`, evaluation, predict and export use `averaged`: an exponential moving
+    average of the network's weights and batch-norm statistics over the training steps. At
+    a high learning rate the weights jump from step to step, and so would the validation
+    accuracy; their average moves smoothly. It is updated in training mode, at each
+    forward pass, like batch norm's statistics, and saved with them in checkpoints.
     """
 
     def __init__(
@@ -37,27 +44,52 @@ class SmallCNN(nn.Module):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         augment: nn.Module | None = None,
+        average: float = 0.0,
     ):
         super().__init__()
         self.augment = augment or nn.Identity()
         self.register_buffer("mean", torch.tensor(mean or [0.5] * 3).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std or [0.25] * 3).view(1, 3, 1, 1))
-        self.features = nn.Sequential(
+        self.network = nn.Sequential(
             conv_block(3, width, stride=2, pool=False),
             conv_block(width, 2 * width),
             conv_block(2 * width, 4 * width),
             conv_block(4 * width, 8 * width),
-        )
-        self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
             nn.Dropout(dropout),
             nn.Linear(8 * width, num_classes),
         )
+        self.averaged = None
+        if average:
+            self.averaged = AveragedModel(
+                self.network, multi_avg_fn=moving_average(average), use_buffers=True
+            ).requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        images = self.augment(images)
-        return self.head(self.features((images - self.mean) / self.std))
+        images = (self.augment(images) - self.mean) / self.std
+        if self.averaged is None:
+            return self.network(images)
+        if not self.training:
+            return self.averaged(images)
+        self.averaged.update_parameters(self.network)  # the weights of the steps so far
+        return self.network(images)
+
+
+def moving_average(decay: float):
+    """AveragedModel's update: averaged <- decay * averaged + (1 - decay) * current. The
+    decay grows from 0.1 towards `decay` over the first steps, so that the average follows
+    the weights closely while they change fastest (as TensorFlow's moving averages do)."""
+
+    def update(averaged: list, current: list, steps: torch.Tensor) -> None:
+        rate = min(decay, (1 + steps.item()) / (10 + steps.item()))
+        for average, value in zip(averaged, current, strict=True):
+            if average.is_floating_point():
+                average.lerp_(value, 1 - rate)
+            else:  # batch norm's count of batches
+                average.copy_(value)
+
+    return update
 
 
 def conv_block(
@@ -136,6 +168,7 @@ def build_model(cfg: Config, meta: dict) -> SmallCNN:
         mean=meta["mean"],
         std=meta["std"],
         augment=Augment(cfg.data.hflip) if augment else None,
+        average=cfg.model.average,
     )
 
 

@@ -3,7 +3,7 @@
 Your data: one UTF-8 text file. Its tokens are encoded once: a text of more than
 CACHE_MIN_BYTES goes into a token file (uint8 or uint16) under the output folder,
 runs/.token-cache/, named after the file's size and modification time, the split and the
-tokenizer, which later runs memory-map instead of encoding again. Training draws random
+tokenizer, which later runs read instead of encoding again. Training draws random
 windows of block_size tokens from the training text; evaluation uses train.eval_batches
 batches of windows spread over the held-out text. So neither the memory nor the time of a
 run grows with the corpus.
@@ -83,23 +83,29 @@ class Windows(Dataset):
 
 
 class TokenFile:
-    """A token file, memory-mapped on first use in each process: loader processes map the
-    file themselves instead of receiving a copy of it."""
+    """A token file on disk, read a window at a time: the corpus never enters memory.
+
+    Not a memory map: a map counts every page it has touched as this process's memory,
+    which random windows spread over the whole file in a long run. Each process reads
+    through a file of its own (loader processes too), so that their reads never mix.
+    """
 
     def __init__(self, path: Path, dtype: str, length: int):
-        self.path, self.dtype, self.length = path, dtype, length
-        self.array = None
+        self.path, self.dtype, self.length = path, np.dtype(dtype), length
+        self.file, self.opened_by = None, None
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, key):
-        if self.array is None:
-            self.array = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.length,))
-        return self.array[key]
+    def __getitem__(self, window: slice) -> np.ndarray:
+        start, stop, _ = window.indices(self.length)
+        if self.opened_by != os.getpid():
+            self.file, self.opened_by = self.path.open("rb"), os.getpid()
+        self.file.seek(start * self.dtype.itemsize)
+        return np.fromfile(self.file, dtype=self.dtype, count=stop - start)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "array": None}
+        return {**self.__dict__, "file": None, "opened_by": None}
 
 
 def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Dataset, dict]:
@@ -244,19 +250,39 @@ class CharTokenizer:
     UNKNOWN = 2**16 - 1  # the table's entry for a character without an id
 
     def __init__(self, chars: str = "", grow: bool = False):
-        self.chars, self.grow = chars, grow
+        self.chars, self.grow = "", grow
         self.table = np.full(0x110000, self.UNKNOWN, dtype=np.uint16)
-        self.table[[ord(char) for char in chars]] = np.arange(len(chars))
+        self.add(chars)
+
+    def add(self, chars: str) -> None:
+        self.table[[ord(char) for char in chars]] = np.arange(
+            len(self.chars), len(self.chars) + len(chars)
+        )
+        self.chars += chars
+        # The fast path of text whose characters are all below 256 (ASCII, Latin-1): a byte a
+        # character, translated by bytes.translate; 255 marks a character without an id.
+        self.bytes_table = bytes(np.minimum(self.table[:256], 255).astype(np.uint8))
 
     @property
     def vocab_size(self) -> int:
         return len(self.chars)
 
     def ids(self, text: str, where: str = "the text") -> np.ndarray:
-        try:  # a byte a character when all are below 256 (ASCII, Latin-1): 4 times less
-            points = np.frombuffer(text.encode("latin-1"), dtype=np.uint8)
+        # In pieces: most pieces of most texts take the fast path, even when a few of their
+        # characters are above 255 (a curly quote, an arrow).
+        pieces = [text[start : start + 2**16] for start in range(0, len(text), 2**16)]
+        return np.concatenate([self.piece_ids(piece, where) for piece in pieces] or [[]])
+
+    def piece_ids(self, text: str, where: str) -> np.ndarray:
+        try:
+            latin = bytearray(text.encode("latin-1"))  # a bytearray: numpy may write to it
         except UnicodeEncodeError:
-            points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            latin = None
+        if latin is not None and self.vocab_size < 255:
+            ids = latin.translate(self.bytes_table)
+            if 255 not in ids:
+                return np.frombuffer(ids, dtype=np.uint8)
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         ids = self.table[points]
         if ids.max(initial=0) == self.UNKNOWN:
             new = np.unique(points[ids == self.UNKNOWN])
@@ -270,8 +296,7 @@ class CharTokenizer:
                     f"{where} has more than {self.UNKNOWN} distinct characters; "
                     "use --set data.tokenizer=bpe"
                 )
-            self.table[new] = np.arange(len(self.chars), len(self.chars) + len(new))
-            self.chars += "".join(map(chr, new))
+            self.add("".join(map(chr, new)))
             ids = self.table[points]
         return ids
 
@@ -445,7 +470,8 @@ def encode_text(text: Text, cuts: list[int], tokenizer, write) -> tuple[list[int
                 write(ids, tokenizer.vocab_size)
                 if part != 1:  # torch counts uint8 and int32 fast, numpy neither
                     small = ids if ids.dtype == np.uint8 else ids.astype(np.int32)
-                    counts += torch.bincount(torch.from_numpy(small), minlength=len(counts))
+                    vocab = tokenizer.vocab_size
+                    counts[:vocab] += torch.bincount(torch.from_numpy(small), minlength=vocab)
                 lengths[-1] += len(ids)
     return lengths, counts[: tokenizer.vocab_size].tolist()
 

@@ -345,10 +345,10 @@ class BPETokenizer:
         return self.tokenizer.get_vocab_size()
 
     def ids(self, text: str, where: str = "the text") -> np.ndarray:
-        # Pieces cut after a newline, encoded in parallel; a piece is a few thousand tokens.
+        # Pieces of a few thousand characters, cut after a newline, encoded in parallel.
         pieces, start = [], 0
         while start < len(text):
-            end = text.find("\n", start + 2**16) + 1 or len(text)
+            end = text.find("\n", start + 2**12) + 1 or len(text)
             pieces.append(text[start:end])
             start = end
         encodings = self.tokenizer.encode_batch_fast(pieces)

@@ -33,11 +33,13 @@ import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import PROJECT, Config, ConfigError, UserError, coerce, load_config, read_yaml
-from .engine import train
-from .model import MONITOR, MONITOR_MODE
-from .runs import write_atomically
-from .tracking import flatten, plot_learning_curves
+from ..config import PROJECT, Config
+from ..engine import train
+from ..model import MONITOR, MONITOR_MODE
+from . import ConfigError, UserError
+from .reporting import plot_learning_curves
+from .runs import flatten, write_atomically
+from .settings import coerce, load_config, read_yaml
 from .training import Diverged, Interrupted
 
 # A live worker marks its running trial every HEARTBEAT seconds; one silent for GRACE

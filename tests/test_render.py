@@ -10,7 +10,14 @@ import tomllib
 
 import pytest
 import yaml
-from conftest import COMBINATIONS, combination_id, package_of, render_combination, run
+from conftest import (
+    COMBINATIONS,
+    combination_id,
+    default_settings,
+    package_of,
+    render_combination,
+    run,
+)
 
 from generator.questions import template_root
 
@@ -123,15 +130,9 @@ def test_default_yaml_lists_every_setting_with_the_code_defaults(combination, pr
     defaults = dataclasses.asdict(module.Config())
     # Commented out, since config.py is the one source of the defaults: uncommented, each
     # line gives back its default.
-    lines = (project / "configs" / "default.yaml").read_text().splitlines(keepends=True)
-    text = "".join(
-        line.replace("  # ", "  ", 1) if line.startswith("  # ") else line for line in lines
-    )
-    assert yaml.safe_load(text) == defaults
-    assert all(
-        value is None
-        for value in yaml.safe_load((project / "configs" / "default.yaml").read_text()).values()
-    )
+    assert default_settings(project) == defaults
+    commented = yaml.safe_load((project / "configs" / "default.yaml").read_text())
+    assert all(value is None for value in commented.values()), commented
     hardware = combination["hardware"]
     assert defaults["train"]["accelerator"] == {"multi-gpu": "gpu"}.get(hardware, hardware)
     assert defaults["train"]["devices"] == (-1 if hardware == "multi-gpu" else 1)

@@ -168,7 +168,8 @@ def test_an_overlapping_edit_is_a_named_conflict_that_training_reports(template,
         [
             sys.executable,
             "-c",
-            "from proj.config import load_config\n" "load_config('configs/default.yaml')",
+            "from proj.plumbing.settings import load_config\n"
+            "load_config(['configs/default.yaml'])",
         ],
         cwd=project,
         env={"PYTHONPATH": str(project / "src")},

@@ -207,7 +207,6 @@ class RunCheckpoints(Checkpoint):
         self.cfg, self.signals = cfg, signals
         self.folder = cfg.run_dir / "checkpoints"
         self.stepped_at = -1
-        self.stop_after_evaluation = False
 
     def on_train_start(self, trainer: L.Trainer, module: TaskModule) -> None:
         # Lightning's SIGTERM handler stops at points of its own, mid-evaluation too.
@@ -224,8 +223,7 @@ class RunCheckpoints(Checkpoint):
         per_epoch = trainer.num_training_batches
         batches = trainer.current_epoch * per_epoch + batch_idx + 1
         if evaluation_due(self.cfg, batches, per_epoch, trainer.global_step):
-            self.stop_after_evaluation = True  # see on_validation_end
-            return
+            return  # on_validation_end stops, after this step's evaluation
         check_finite(module.model, trainer.global_step, module.lr)
         trainer.save_checkpoint(self.folder / "last.ckpt", weights_only=False)
         raise Interrupted(self.signals.received, trainer.global_step)
@@ -235,8 +233,11 @@ class RunCheckpoints(Checkpoint):
             return
         if module.best is module.last:
             trainer.save_checkpoint(self.folder / "best.ckpt", weights_only=False)
-        # ModelCheckpoint, before this one, has written last.ckpt.
-        if self.stop_after_evaluation and trainer.global_step < self.cfg.train.max_steps:
+        # A signal before or during the evaluation: stop now that ModelCheckpoint, which
+        # runs before this callback, has written last.ckpt.
+        received = self.signals.received is not None
+        stop = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if stop and trainer.global_step < self.cfg.train.max_steps:
             raise Interrupted(self.signals.received, trainer.global_step)
 
 
@@ -300,6 +301,7 @@ def make_trainer(cfg, data, module, signals, continuing, checkpoint, trial) -> L
     devices = resolve_devices(t.devices, device)
     world_size = devices * t.num_nodes
     batches = len(make_loader(data.train_set, cfg, 0, world_size, device, train=True))
+    interval = eval_interval(cfg, batches)
     callbacks = [
         ModelCheckpoint(folder, save_top_k=0, save_last=True),  # last.ckpt at each evaluation
         RunCheckpoints(cfg, signals),
@@ -323,12 +325,12 @@ def make_trainer(cfg, data, module, signals, continuing, checkpoint, trial) -> L
         max_steps=t.max_steps,
         max_epochs=t.epochs or -1,
         # Evaluate every so many batches, counted across epochs, as the raw loop does.
-        val_check_interval=eval_interval(cfg, batches),
+        val_check_interval=interval,
         check_val_every_n_epoch=None,
         accumulate_grad_batches=t.accumulate,
         gradient_clip_val=t.grad_clip or None,
         logger=loggers + ([tracker] if tracker else []),
-        log_every_n_steps=t.eval_every,
+        log_every_n_steps=interval,
         callbacks=callbacks,
         # A SLURM requeue signal makes Lightning save hpc_ckpt_N.ckpt here, beside last.ckpt.
         default_root_dir=folder,

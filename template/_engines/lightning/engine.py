@@ -1,11 +1,9 @@
 """The training engine: PyTorch Lightning's Trainer around the plain model of model.py.
 
-`TaskModule` wraps the model with its optimizer and logs with `self.log`: the training loss,
-and at each evaluation the validation loss and metrics. Whatever it logs (add your own)
-reaches metrics.csv, a row per evaluation, and the tracker. `train` sets the Trainer up from
-the config: a budget of max_steps optimizer steps, an evaluation every eval_every steps (and
-at least once an epoch), last.ckpt at each evaluation, best.ckpt at each better one, early
-stopping after `patience` evaluations without improvement.
+`TaskModule` wraps the model with its optimizer and logs with `self.log`; whatever it logs
+(add your own) reaches metrics.csv, a row per evaluation, and the tracker. `train` sets the
+Trainer up from the config: max_steps optimizer steps, an evaluation every eval_every steps,
+last.ckpt at each evaluation, best.ckpt at each better one, and early stopping.
 """
 
 from __future__ import annotations
@@ -21,42 +19,19 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from .config import TASK, Config
 from .data import build_datasets
-from .model import MONITOR, build_metrics, build_model, step
+from .model import build_metrics, build_model, step
+from .plumbing import lightning_parts as parts
+from .plumbing import runs, training
 from .plumbing.hardware import global_rank, resolve_device, resolve_devices, resolve_precision
-from .plumbing.lightning_parts import AtomicCheckpointIO, MetricsCSV, tracker_logger
 from .plumbing.record import write_record
 from .plumbing.reporting import save_baseline, show
-from .plumbing.runs import (
-    RUN_NAME_ENV,
-    RunClaim,
-    check_resumable,
-    choose_run_dir,
-    prepare_run_dir,
-    read_checkpoint,
-)
 from .plumbing.settings import load_config
-from .plumbing.training import (
-    Diverged,
-    Interrupted,
-    Outcome,
-    StopSignals,
-    better,
-    build_optimizer,
-    check_finite,
-    continue_schedule,
-    eval_interval,
-    evaluation_due,
-    get_rng_state,
-    make_loader,
-    measure_baseline,
-    set_rng_state,
-    val_loss_metric,
-)
+from .plumbing.training import Diverged, Outcome, check_finite, make_loader
 
 ENGINE = "lightning"
 
@@ -65,7 +40,7 @@ ENGINE = "lightning"
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # A deprecation inside Lightning itself with recent torch releases; nothing to act on here.
 warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
-# Lightning's start-up banner (GPU available, TPU available...): the record holds it.
+# Lightning's start-up banner (GPU available, TPU available...): record.json holds it.
 for name in ("utilities.rank_zero", "accelerators.cuda"):
     logging.getLogger(f"lightning.pytorch.{name}").setLevel(logging.WARNING)
 
@@ -79,7 +54,7 @@ class TaskModule(L.LightningModule):
         self.cfg = load_config(base=cfg)
         self.model = build_model(self.cfg, meta)
         self.val_metrics = build_metrics(meta).clone(prefix="val/")
-        self.val_loss = val_loss_metric()
+        self.val_loss = training.val_loss_metric()
         # The training loss since the last evaluation, in the checkpoint for an exact resume.
         self.register_buffer("loss_sum", torch.zeros(()))
         self.register_buffer("loss_count", torch.zeros(()))
@@ -87,7 +62,7 @@ class TaskModule(L.LightningModule):
         self.last: dict[str, float] = {}
         self.bad_evals = 0  # evaluations since the best one
         self.record: dict | None = None  # what produced the run, in short (rank 0)
-        self.resumed: dict | None = None  # the checkpoint's progress and settings
+        self.resumed: dict | None = None  # the checkpoint a run resumes from
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, _, _ = step(self.model, batch)
@@ -110,8 +85,8 @@ class TaskModule(L.LightningModule):
         self.val_metrics.update(outputs.float(), targets)
 
     def on_validation_epoch_end(self) -> None:
-        # Computed once an evaluation, not logged per batch (milliseconds a batch), and
-        # reduced over the DDP processes already.
+        # Computed once an evaluation (logging metric objects per batch costs milliseconds a
+        # batch), and reduced over the DDP processes already.
         scores = {"val/loss": self.val_loss.compute(), **self.val_metrics.compute()}
         self.val_loss.reset()
         self.val_metrics.reset()
@@ -126,13 +101,13 @@ class TaskModule(L.LightningModule):
         self.loss_sum.zero_()
         self.loss_count.zero_()
         self.last = row
-        if better(row, self.best):
+        if training.better(row, self.best):
             self.best, self.bad_evals = row, 0
         else:
             self.bad_evals += 1
         # float64: the logged values are those of the raw engine, to the last digit.
         self.log_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in row.items()})
-        # Where EarlyStopping looks: it grows exactly when an evaluation is better.
+        # What EarlyStopping follows: it grows exactly when an evaluation is better.
         self.log("best_step", float(self.best["step"]), logger=False)
 
     @property
@@ -140,45 +115,41 @@ class TaskModule(L.LightningModule):
         return self.lr_schedulers().get_last_lr()[0]
 
     def configure_optimizers(self):
-        optimizer, scheduler = build_optimizer(self.model, self.cfg, self.device)
+        optimizer, scheduler = training.build_optimizer(self.model, self.cfg, self.device)
         schedule = {"scheduler": scheduler, "interval": "step"}  # stepped per optimizer step
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def on_train_start(self) -> None:
-        if self.resumed is not None:
-            set_rng_state(self.resumed["rng"])
-            saved = self.resumed["hyper_parameters"]["cfg"]["train"]
-            continue_schedule(
-                self.optimizers(), self.lr_schedulers(), self.cfg, saved, self.global_step
-            )
-            if self.trainer.early_stopping_callback is not None:  # it restored the old patience
-                self.trainer.early_stopping_callback.patience = self.cfg.train.patience
+        if self.resumed is None:
+            return
+        training.set_rng_state(self.resumed["rng"])
+        saved = self.resumed["hyper_parameters"]["cfg"]["train"]
+        schedule = (self.optimizers(), self.lr_schedulers(), self.cfg, saved, self.global_step)
+        training.continue_schedule(*schedule)
+        if self.trainer.early_stopping_callback is not None:  # it restored the old patience
+            self.trainer.early_stopping_callback.patience = self.cfg.train.patience
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # What evaluate, predict and export need besides the weights and hyperparameters,
-        # and the random state, so that a resumed run continues as the original would.
-        progress = {"step": self.global_step, "best": self.best, "last": self.last}
-        progress |= {
-            "bad_evals": self.bad_evals,
-            "epoch": self.trainer.train_dataloader.state_dict()["epoch"],
-        }
-        checkpoint.update(task=TASK, engine=ENGINE, progress=progress, rng=get_rng_state())
-        checkpoint["record"] = self.record
-        logger = self.trainer.loggers[-1]
-        checkpoint["tracker_run_id"] = None if isinstance(logger, MetricsCSV) else logger.version
+        # Besides the weights and hyperparameters: the progress and the random state, for a
+        # resume that continues as the original would, in the raw engine's format.
+        epoch = self.trainer.train_dataloader.state_dict()["epoch"]
+        progress = {"step": self.global_step, "epoch": epoch, "bad_evals": self.bad_evals}
+        progress |= {"best": self.best, "last": self.last}
+        checkpoint.update(task=TASK, engine=ENGINE, progress=progress, record=self.record)
+        checkpoint["rng"] = training.get_rng_state()
+        tracker = self.trainer.loggers[-1]
+        checkpoint["tracker_run_id"] = tracker.version if len(self.trainer.loggers) > 1 else None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         progress = checkpoint["progress"]
-        self.best, self.last, self.bad_evals = (
-            progress["best"],
-            progress["last"],
-            progress["bad_evals"],
-        )
+        self.best, self.last = progress["best"], progress["last"]
+        self.bad_evals = progress["bad_evals"]
         self.resumed = checkpoint
 
 
 class DataModule(L.LightningDataModule):
-    """The training and validation sets of data.py, sharded over the DDP processes."""
+    """The training and validation sets of data.py, sharded over the DDP processes; each
+    loader knows its place in the epoch, which Lightning saves and restores."""
 
     def __init__(self, cfg: Config, meta: dict | None = None):
         super().__init__()
@@ -192,130 +163,68 @@ class DataModule(L.LightningDataModule):
         return self.loader(self.val_set, train=False)
 
     def loader(self, dataset, train: bool) -> DataLoader:
-        # The loader knows its place in the epoch; Lightning saves and restores it.
-        rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        rank, world = self.trainer.global_rank, self.trainer.world_size
         device = self.trainer.strategy.root_device
-        return make_loader(dataset, self.cfg, rank, world_size, device, train)
-
-
-class RunCheckpoints(Checkpoint):
-    """best.ckpt at each better evaluation (ModelCheckpoint compares one metric; our "better"
-    breaks its ties by the validation loss), and last.ckpt when Ctrl-C or SIGTERM stops the
-    run after a step (after that step's evaluation, if it has one)."""
-
-    def __init__(self, cfg: Config, signals: StopSignals):
-        self.cfg, self.signals = cfg, signals
-        self.folder = cfg.run_dir / "checkpoints"
-        self.stepped_at = -1
-
-    def on_train_start(self, trainer: L.Trainer, module: TaskModule) -> None:
-        # Lightning's SIGTERM handler stops at points of its own, mid-evaluation too.
-        self.signals.reclaim()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
-        if trainer.global_step == self.stepped_at:  # a micro-batch of an accumulation
-            return
-        self.stepped_at = trainer.global_step
-        if not trainer.strategy.reduce_boolean_decision(
-            self.signals.received is not None, all=False
-        ):
-            return
-        per_epoch = trainer.num_training_batches
-        batches = trainer.current_epoch * per_epoch + batch_idx + 1
-        if evaluation_due(self.cfg, batches, per_epoch, trainer.global_step):
-            return  # on_validation_end stops, after this step's evaluation
-        check_finite(module.model, trainer.global_step, module.lr)
-        trainer.save_checkpoint(self.folder / "last.ckpt", weights_only=False)
-        raise Interrupted(self.signals.received, trainer.global_step)
-
-    def on_validation_end(self, trainer: L.Trainer, module: TaskModule) -> None:
-        if trainer.sanity_checking:
-            return
-        if module.best is module.last:
-            trainer.save_checkpoint(self.folder / "best.ckpt", weights_only=False)
-        # A signal before or during the evaluation: stop now that ModelCheckpoint, which
-        # runs before this callback, has written last.ckpt.
-        received = self.signals.received is not None
-        stop = trainer.strategy.reduce_boolean_decision(received, all=False)
-        if stop and trainer.global_step < self.cfg.train.max_steps:
-            raise Interrupted(self.signals.received, trainer.global_step)
-
-
-class Pruning(L.Callback):
-    """Reports each evaluation to an Optuna trial, which a sweep's pruner may stop."""
-
-    def __init__(self, trial: Any):
-        self.trial = trial
-
-    def on_validation_end(self, trainer: L.Trainer, module: TaskModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self.trial.report(module.last[MONITOR], trainer.global_step)
-        if self.trial.should_prune():
-            import optuna
-
-            raise optuna.TrialPruned(f"pruned at step {trainer.global_step}")
+        return make_loader(dataset, self.cfg, rank, world, device, train)
 
 
 def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> Outcome | None:
     """Train to the step budget with Lightning, evaluating and checkpointing as it goes;
     resume from a checkpoint. Returns the outcome on rank 0, None on the other ranks."""
     t = cfg.train
-    checkpoint = read_checkpoint(resume) if resume else None
+    checkpoint = runs.read_checkpoint(resume) if resume else None
     if checkpoint is not None:
-        check_resumable(checkpoint, cfg, resume, ENGINE)
-    run_dir, continuing = choose_run_dir(cfg, resume)
+        runs.check_resumable(checkpoint, cfg, resume, ENGINE)
+    run_dir, continuing = runs.choose_run_dir(cfg, resume)
     first = global_rank() == 0
-    with RunClaim(run_dir, not continuing) if first else contextlib.nullcontext():
+    with runs.RunClaim(run_dir, new_run=not continuing) if first else contextlib.nullcontext():
         L.seed_everything(t.seed, workers=True, verbose=False)
         data = DataModule(cfg, checkpoint["hyper_parameters"]["meta"] if checkpoint else None)
         module = TaskModule(cfg.to_dict(), data.meta)
-        signals = StopSignals()
-        trainer = make_trainer(cfg, data, module, signals, continuing, checkpoint, trial)
+        signals = training.StopSignals()
+        trainer = make_trainer(cfg, data, signals, checkpoint if continuing else None, trial)
         baseline = {}
         if first:
-            prepare_run_dir(run_dir, cfg)
+            runs.prepare_run_dir(run_dir, cfg)
             module.record = write_record(run_dir, continuing)
             parameters = sum(p.numel() for p in module.model.parameters())
             show(f"{type(module.model).__name__}: {parameters:,} parameters")
-            baseline = measure_baseline(data.val_set, data.meta, cfg)
+            baseline = training.measure_baseline(data.val_set, data.meta, cfg)
             save_baseline(run_dir, baseline)
-        os.environ[RUN_NAME_ENV] = run_dir.name  # the DDP processes Lightning starts use it
+        if t.compile:
+            module.model.compile()  # in place: the checkpoint's keys stay the plain model's
+        os.environ[runs.RUN_NAME_ENV] = run_dir.name  # for the DDP processes Lightning starts
         try:
             with signals:
                 trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
         finally:
-            del os.environ[RUN_NAME_ENV]
+            del os.environ[runs.RUN_NAME_ENV]
     if not trainer.is_global_zero:
         return None
+    reason = "max_steps" if trainer.global_step >= t.max_steps else "epochs"
     if t.patience and module.bad_evals >= t.patience:
         reason = "early_stopping"
-    else:
-        reason = "max_steps" if trainer.global_step >= t.max_steps else "epochs"
     return Outcome(reason, module.best, module.last, baseline)
 
 
-def make_trainer(cfg, data, module, signals, continuing, checkpoint, trial) -> L.Trainer:
+def make_trainer(cfg: Config, data: DataModule, signals, resumed: dict | None, trial) -> L.Trainer:
+    """The Trainer, its loggers and its callbacks, as the config says."""
     t, folder = cfg.train, cfg.run_dir / "checkpoints"
     device = resolve_device(t.accelerator)
     devices = resolve_devices(t.devices, device)
     world_size = devices * t.num_nodes
     batches = len(make_loader(data.train_set, cfg, 0, world_size, device, train=True))
-    interval = eval_interval(cfg, batches)
+    interval = training.eval_interval(cfg, batches)
     callbacks = [
         ModelCheckpoint(folder, save_top_k=0, save_last=True),  # last.ckpt at each evaluation
-        RunCheckpoints(cfg, signals),
+        parts.RunCheckpoints(cfg, signals),  # best.ckpt, and last.ckpt when interrupted
     ]
     if t.patience:
         callbacks.append(EarlyStopping("best_step", mode="max", patience=t.patience))
     if trial is not None:
-        callbacks.append(Pruning(trial))
-    resumed_step = checkpoint["progress"]["step"] if continuing else None
-    tracker_id = checkpoint.get("tracker_run_id") if continuing else None
-    loggers = [MetricsCSV(cfg.run_dir, t.max_steps, resumed_step)]
-    tracker = tracker_logger(cfg, cfg.run_dir, tracker_id)
-    if t.compile:
-        module.model.compile()  # in place: the checkpoint's keys stay those of the plain model
+        callbacks.append(parts.Pruning(trial))
+    loggers = [parts.MetricsCSV(cfg.run_dir, t.max_steps, resumed and resumed["progress"]["step"])]
+    tracker = parts.tracker_logger(cfg, cfg.run_dir, resumed and resumed.get("tracker_run_id"))
     return L.Trainer(
         accelerator=t.accelerator,
         devices=devices,
@@ -334,7 +243,7 @@ def make_trainer(cfg, data, module, signals, continuing, checkpoint, trial) -> L
         callbacks=callbacks,
         # A SLURM requeue signal makes Lightning save hpc_ckpt_N.ckpt here, beside last.ckpt.
         default_root_dir=folder,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[parts.AtomicCheckpointIO()],
         use_distributed_sampler=False,  # make_loader shards the data itself, resumably
         enable_progress_bar=sys.stdout.isatty(),
         enable_model_summary=False,  # train prints the parameter count

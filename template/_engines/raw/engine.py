@@ -129,11 +129,7 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     claims = rank == 0 and RUN_NAME_ENV not in os.environ
     with RunClaim(run_dir, new_run=not continuing) if claims else contextlib.nullcontext():
         run = setup(cfg, run_dir, rank, world_size, device, checkpoint)
-        if rank == 0:
-            start_reporting(run, checkpoint if continuing else None)
-        baseline = measure_baseline(run.val_loader.dataset, run.meta, cfg) if rank == 0 else {}
-        if rank == 0:
-            save_baseline(run_dir, baseline)
+        baseline = start_reporting(run, checkpoint if continuing else None) if rank == 0 else {}
         try:
             with StopSignals() as signals:
                 reason = fit(run, signals, trial)
@@ -209,8 +205,9 @@ def restore(run: Run, checkpoint: dict[str, Any]) -> None:
     continue_schedule(run.optimizer, run.scheduler, run.cfg, saved, run.state.step)
 
 
-def start_reporting(run: Run, checkpoint: dict[str, Any] | None) -> None:
-    """Rank 0: the run folder, the record of what produced it, metrics.csv and the tracker."""
+def start_reporting(run: Run, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
+    """Rank 0: the run folder, the record of what produced it, metrics.csv and the tracker;
+    returns the trivial baseline, which it saves too."""
     prepare_run_dir(run.run_dir, run.cfg)
     run.record = write_record(run.run_dir, resumed=checkpoint is not None)
     resumed_step = checkpoint["progress"]["step"] if checkpoint else None
@@ -219,6 +216,9 @@ def start_reporting(run: Run, checkpoint: dict[str, Any] | None) -> None:
     run.progress = Progress(run.state.step, run.cfg.train.max_steps)
     parameters = sum(p.numel() for p in run.model.parameters())
     show(f"{type(run.model).__name__}: {parameters:,} parameters")
+    baseline = measure_baseline(run.val_loader.dataset, run.meta, run.cfg)
+    save_baseline(run.run_dir, baseline)
+    return baseline
 
 
 def stop_reporting(run: Run, error: BaseException | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ import yaml
 from conftest import COMBINATIONS
 
 from generator import __version__
-from generator.questions import load_questions
+from generator.questions import MATRIX_AXES, load_questions
 
 
 def scaffold(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -146,6 +147,31 @@ def test_in_a_terminal_a_missing_answer_is_asked_for(tmp_path):
     asked = [q.name for q in load_questions() if q.help.split("(")[0].strip() in screen]
     assert asked == ["framework"]
     assert "demo train" in screen  # the message after copy: the next commands
+
+
+def test_the_three_questions_that_matter_come_first():
+    names = [question.name for question in load_questions()]
+    assert names[:3] == list(MATRIX_AXES) == ["task", "framework", "hardware"]
+    assert names.index("project_name") > names.index("hardware")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_in_a_terminal_task_framework_and_hardware_are_asked_first(tmp_path):
+    questions = load_questions()
+    prompts = {re.escape(q.help.split("(")[0].strip()): q.name for q in questions}
+    child = spawn_in_terminal("new", "proj", cwd=tmp_path)
+    asked = []
+    try:
+        while len(asked) < len(questions):
+            pending = [pattern for pattern, name in prompts.items() if name not in asked]
+            asked.append(prompts[pending[child.expect(pending)]])
+            child.send("\r")  # the proposed answer
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.logfile_read.getvalue()
+    assert asked == [q.name for q in questions]  # copier.yml's order
+    assert asked[:3] == list(MATRIX_AXES)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")

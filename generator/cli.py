@@ -459,6 +459,9 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except typer.TyperException as error:  # bad flags or values, a refused answer, a failure
+        if isinstance(error, typer.BadParameter):
+            # Typer checks values with pydantic, whose messages start "Value error, ".
+            error.message = error.message.removeprefix("Value error, ")
         typer.echo(f"error: {error.format_message()}", err=True)
         sys.exit(error.exit_code)
     except (typer.Abort, KeyboardInterrupt):

@@ -210,7 +210,7 @@ def test_in_a_terminal_with_every_answer_given_nothing_is_asked(tmp_path):
 @pytest.mark.parametrize(
     "args, says",
     [
-        (["--task", "imagenet"], "'imagenet' is not one of 'image-classification'"),
+        (["--task", "imagenet"], "--task': 'imagenet' is not one of 'image-classification', "),
         (["--hardware", "tpu"], "'tpu' is not one of 'cpu', 'gpu', 'multi-gpu', 'mps'"),
         (["--package-name", "class"], "'class' is a Python keyword"),
         (["--package-name", "torch"], "would shadow the standard library or a dependency"),
@@ -226,8 +226,17 @@ def test_a_bad_value_is_one_line_and_exit_2(tmp_path, args, says):
     assert result.stderr.startswith("error: ")
     assert result.stderr.count("\n") == 1, result.stderr
     assert says in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "Value error" not in result.stderr
     assert not (tmp_path / "proj").exists() or not any((tmp_path / "proj").iterdir())
+
+
+def test_update_names_a_bad_choice_the_same_way(tmp_path):
+    result = scaffold("update", str(tmp_path), "--task", "imagenet")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: Invalid value for '--task': 'imagenet' is not one of 'image-classification', "
+        "'text-classification', 'tabular-regression', 'language-modeling'.\n"
+    )
 
 
 def test_a_non_empty_destination_is_refused_and_left_alone(tmp_path):

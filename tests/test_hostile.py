@@ -284,14 +284,29 @@ def test_a_destination_in_a_read_only_folder_is_refused(tmp_path, monkeypatch, c
     assert not any(locked.iterdir())
 
 
-def test_plain_copier_copy_ends_with_the_validators_message(template_copy, tmp_path):
-    result = subprocess.run(
+def copier_copy(template, dest, *data: str) -> subprocess.CompletedProcess:
+    """Plain `copier copy --defaults` with these --data values (exit code unchecked)."""
+    return subprocess.run(
         [sys.executable, "-m", "copier", "copy", "--defaults", "--quiet"]
-        + ["--data", "author_email=nobody", str(template_copy), str(tmp_path / "proj")],
+        + [arg for value in data for arg in ("--data", value)]
+        + [str(template), str(dest)],
         capture_output=True,
         text=True,
+        errors="backslashreplace",
         stdin=subprocess.DEVNULL,
     )
+
+
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        ("author_email=nobody", "'nobody' is not an e-mail address"),
+        ("task=imagenet", "'imagenet' is not in ['image-classification', "),
+    ],
+)
+def test_plain_copier_copy_ends_with_the_validators_message(data, says, template_copy, tmp_path):
+    result = copier_copy(template_copy, tmp_path / "proj", data)
+    assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert "'nobody' is not an e-mail address" in last, result.stderr
+    assert says in last and "Value error" not in last, result.stderr
     assert not (tmp_path / "proj").exists()

@@ -44,6 +44,12 @@ class Failure(typer.TyperException):
         return self.message
 
 
+class Refused(Failure):
+    """A problem the user can fix that no flag's value caused (a file, a path): exit code 2."""
+
+    exit_code = 2
+
+
 def _show_version(value: bool) -> None:
     if value:
         typer.echo(f"torch-scaffold {__version__}")
@@ -213,11 +219,10 @@ def _refused_answer(message: str, given: set[str]) -> typer.BadParameter:
     A derived name is blamed on where it came from: the package name on --name (or DEST),
     the project name on DEST when no --name was given.
     """
-    message = message.strip().splitlines()[-1]
-    match = re.match(r"Validation error for question '(\w+)': (.*)", message)
-    if not match:
-        return typer.BadParameter(message)
-    name, reason = match[1], match[2]
+    refusal = _refusal(message)
+    if refusal is None:
+        return typer.BadParameter(message.strip().splitlines()[-1])
+    name, reason = refusal
     flags = {q.name: q.flag for q in load_questions()}
     if name == "package_name" and name not in given:
         problem = reason.rsplit(": ", 1)[0]
@@ -237,6 +242,13 @@ def _refused_answer(message: str, given: set[str]) -> typer.BadParameter:
             param_hint=["DEST"],
         )
     return typer.BadParameter(reason, param_hint=[flags.get(name, name)])
+
+
+def _refusal(message: str) -> tuple[str, str] | None:
+    """(question, reason) of Copier's refusal of an answer: a validator's, or a bad choice."""
+    message = message.strip().splitlines()[-1]
+    match = re.match(r"(?:Validation error for question|Invalid choice for) '(\w+)': (.*)", message)
+    return (match[1], match[2]) if match else None
 
 
 # --- scaffold update ---------------------------------------------------------------------
@@ -265,27 +277,51 @@ def update(project_dir: Path, vcs_ref: str | None, defaults: bool, **answers: st
             param_hint=["PROJECT"],
         )
     dirty = project.changed_files(project_dir)
+    top = project.work_tree_of(project_dir)
+    if dirty and not project.is_tracked(project_dir, project.ANSWERS_FILE):
+        # `scaffold new` inside another work tree: the project's files are that repository's.
+        raise typer.BadParameter(
+            f"{project_dir} is not committed in the git repository {top} that holds it: commit "
+            f"it there, or move it out of {top} and make it a repository of its own (git init)",
+            param_hint=["PROJECT"],
+        )
     if dirty:
         raise typer.BadParameter(
             f"{project_dir} has uncommitted changes ({project.summary(dirty)}); "
             "commit or stash them, then update",
             param_hint=["PROJECT"],
         )
-    before = project.read_answers(project_dir)
+    try:
+        before = project.read_answers(project_dir)
+    except project.AnswersError as error:
+        raise Refused(str(error)) from None
     if not before.get("_src_path") or not before.get("_commit"):
         raise Failure(
             f"{answers_file} does not say which template version made the project "
             f"(_src_path and _commit); set them, e.g. _src_path: {project.public_url()} "
             "and _commit: the release tag it was made from"
         )
-    data = {name: value for name, value in answers.items() if value is not None}
+    src, commit = str(before["_src_path"]), str(before["_commit"])
+    if project.is_local_path(src) and not (project_dir / Path(src).expanduser()).is_dir():
+        raise Refused(
+            f"{answers_file} records the template at {src} (_src_path), which is not a folder "
+            f"here: set _src_path to a torch-scaffold checkout, or to its git URL "
+            f"({project.public_url()}), commit, then update"
+        )
+    flags = {name: value for name, value in answers.items() if value is not None}
+    # The project's answers go in as given ones, so that Copier checks each against the new
+    # template and refuses a bad one, where it would drop it silently and take the default.
+    names = {question.name for question in load_questions()}
+    data = {name: value for name, value in before.items() if name in names} | flags
     here = Path.cwd()
     os.chdir(project_dir)  # a relative _src_path is relative to the project
     try:
-        ref, warning = project.update_ref(before["_src_path"], before["_commit"], vcs_ref)
+        ref, warning = project.update_ref(src, commit, vcs_ref)
         if warning:
             warn(warning)
         _run_update(data, ref, defaults)
+    except ValueError as error:  # an answer that a copier.yml validator refused
+        raise _refused_in_update(error, flags, before, answers_file) from None
     except project.SourceError as error:
         raise Failure(str(error)) from None
     finally:
@@ -295,7 +331,7 @@ def update(project_dir: Path, vcs_ref: str | None, defaults: bool, **answers: st
     changed = project.changed_files(project_dir)
     switched = [
         f"{name} {before.get(name)} -> {after.get(name)}"
-        for name in data
+        for name in flags
         if before.get(name) != after.get(name)
     ]
     name = project_dir.resolve().name if str(project_dir) == "." else project_dir
@@ -315,6 +351,43 @@ def update(project_dir: Path, vcs_ref: str | None, defaults: bool, **answers: st
         )
 
 
+def _refused_in_update(
+    error: ValueError, flags: dict[str, str], recorded: dict, answers_file: Path
+) -> typer.TyperException:
+    """A refused answer in an update, blamed on where it came from: the flag that gave it, or
+    the project's answers file (with the flag that replaces it), never a flag not given."""
+    message = str(error)
+    refusal = _refusal(message)
+    if refusal is None:
+        return Failure(message.strip().splitlines()[-1])
+    name, reason = refusal
+    flag = {q.name: q.flag for q in load_questions()}.get(name, f"--{name}")
+    problem = reason.rsplit(": ", 1)[0]
+    if _in_the_replay_of_the_old_version(error):  # a flag cannot help: the recorded answer
+        return Refused(
+            f"{name} in {answers_file}: {problem}, and the template version that made the "
+            f"project refuses it too: fix {name} there by hand, commit, then update"
+        )
+    if name in flags:
+        return typer.BadParameter(reason, param_hint=[flag])
+    where = f"in {answers_file}" if name in recorded else f"(derived; not in {answers_file})"
+    value = "NAME" if name.endswith("name") else "VALUE"
+    return Refused(f"{name} {where}: {problem}; pass {flag} {value}, or fix it there and commit")
+
+
+def _in_the_replay_of_the_old_version(error: BaseException) -> bool:
+    """Whether Copier refused while rendering the project's own template version again (into
+    its temporary `old_copy` folder), which it does with the recorded answers, before any flag."""
+    traceback = error.__traceback__
+    while traceback is not None:
+        worker = traceback.tb_frame.f_locals.get("self")
+        destination = str(getattr(worker, "dst_path", ""))
+        if type(worker).__name__ == "Worker" and ".old_copy." in destination:
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
 def _run_update(data: dict[str, str], ref: str | None, defaults: bool) -> None:
     from copier import run_update
     from copier.errors import CopierError
@@ -332,8 +405,6 @@ def _run_update(data: dict[str, str], ref: str | None, defaults: bool) -> None:
                 quiet=True,
                 unsafe=False,
             )
-    except ValueError as error:
-        raise _refused_answer(str(error), given=set(data) | {"project_name"}) from None
     except CopierError as error:
         raise Failure(str(error).strip().splitlines()[-1]) from None
 

@@ -303,3 +303,101 @@ def test_a_project_that_records_no_template_version_is_one_line(template, work):
     assert result.stderr.count("\n") == 1, result.stderr
     assert "does not say which template version made the project" in result.stderr
     assert "_commit" in result.stderr
+
+
+def git_status(project) -> str:
+    return git("status", "--porcelain", cwd=project)
+
+
+def assert_one_line(result, *says: str) -> None:
+    """A refusal the user can fix: exit code 2, one line, no traceback."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    for text in says:
+        assert text in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "name, value, says",
+    [
+        ("package_name", "class", "'class' is a Python keyword"),
+        ("hardware", "tpu", "'tpu' is not in ['cpu', 'gpu', 'multi-gpu', 'mps']"),
+    ],
+)
+def test_a_bad_answer_in_the_answers_file_is_blamed_on_that_file(name, value, says, template, work):
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
+    project = work / "proj"
+    recorded = answers(project)
+    recorded[name] = value  # edited by hand
+    (project / ".copier-answers.yml").write_text(yaml.safe_dump(recorded))
+    commit_all(project, "edited by hand")
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    # The version that made the project refuses it too: no flag can help, the file must change.
+    assert_one_line(result, f"{name} in proj/.copier-answers.yml: {says}", f"fix {name} there")
+    assert "--name" not in result.stderr
+    assert git_status(project) == "" and answers(project)[name] == value  # nothing written
+
+
+def test_an_answer_the_new_release_refuses_is_never_replaced_silently(template, work):
+    # An older release took package_name sitecustomize; the next one refuses it.
+    copier_yml = template / "copier.yml"
+    rule = "package_name | lower in ['sitecustomize', 'usercustomize']"
+    assert rule in copier_yml.read_text()
+    copier_yml.write_text(copier_yml.read_text().replace(rule, "false"))
+    commit_all(template, "an older release")
+    made = scaffold_from(template, "new", "proj", "--package-name", "sitecustomize", cwd=work)
+    assert made.returncode == 0, made.stderr
+    project = work / "proj"
+    copier_yml.write_text(copier_yml.read_text().replace("elif false", f"elif {rule}"))
+    commit_all(template, "sitecustomize refused")
+    git("tag", NEXT_TAG, cwd=template)
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    assert_one_line(
+        result,
+        "package_name in proj/.copier-answers.yml: 'sitecustomize' is a module Python imports",
+        "pass --package-name NAME",
+    )
+    assert "--name" not in result.stderr
+    assert git_status(project) == "" and answers(project)["package_name"] == "sitecustomize"
+
+    result = scaffold_from(template, "update", "proj", "--package-name", "proj_pkg", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "package_name sitecustomize -> proj_pkg" in result.stdout
+    assert (project / "src" / "proj_pkg" / "cli.py").is_file()
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("_commit: v1\n_src_path: [unclosed\n", "is not valid YAML ("),
+        ("- task\n- framework\n", "holds a list, not the answers"),
+    ],
+    ids=["broken", "list"],
+)
+def test_an_answers_file_that_is_not_answers_is_one_line(text, says, template, work):
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
+    project = work / "proj"
+    (project / ".copier-answers.yml").write_text(text)
+    commit_all(project, "broken by a bad merge")
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    assert_one_line(result, f"proj/.copier-answers.yml {says}", "restore a good version")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_template_folder_that_is_gone_is_named_with_the_fix(template, work):
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
+    project = work / "proj"
+    recorded = answers(project)
+    recorded["_src_path"] = str(work / "moved-away" / "torch-scaffold")
+    (project / ".copier-answers.yml").write_text(yaml.safe_dump(recorded))
+    commit_all(project, "the template checkout moved")
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    assert_one_line(
+        result,
+        f"records the template at {work / 'moved-away' / 'torch-scaffold'} (_src_path)",
+        "set _src_path to a torch-scaffold checkout, or to its git URL",
+    )

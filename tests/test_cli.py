@@ -6,13 +6,15 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
+import tomllib
 
 import pexpect
 import pytest
 import yaml
-from conftest import COMBINATIONS
+from conftest import COMBINATIONS, REPO, make_template_repo, scaffold_from
 
 from generator import __version__
 from generator.questions import MATRIX_AXES, load_questions
@@ -339,6 +341,58 @@ def test_inside_another_work_tree_no_nested_repository_is_made(tmp_path):
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "outer/inner/.git").exists()
     assert "inside the git work tree" in result.stdout
+    # Said before writing, with the way to a repository of its own.
+    assert result.stderr == (
+        f"warning: inner is inside the git work tree {tmp_path / 'outer'}: the project will be "
+        "part of that repository (commit it there), with no repository of its own; for one, "
+        "make it outside, e.g. scaffold new ../inner\n"
+    )
+    # Uncommitted there, it cannot be updated: said in one line, with the fix.
+    result = scaffold("update", "inner", cwd=tmp_path / "outer")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"inner is not committed in the git repository {tmp_path / 'outer'}" in result.stderr
+    assert "commit it there, or move it out" in result.stderr
+
+
+def quick_start() -> list[str]:
+    """The commands of the README's "Generate a project and train it", as CI types them."""
+    section = (REPO / "README.md").read_text().split("## Generate a project and train it")[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [command for line in block.splitlines() for command in line.split(" && ")]
+
+
+def test_the_readme_quick_start_makes_a_project_of_its_own_beside_the_clone(tmp_path):
+    clone = make_template_repo(tmp_path / "torch-scaffold", f"v{__version__}")
+    (new,) = [shlex.split(c) for c in quick_start() if c.startswith("scaffold new ")]
+    (cd,) = [shlex.split(c) for c in quick_start() if c.startswith("cd ")]
+    result = scaffold_from(clone, *new[1:], cwd=clone)  # typed in the clone, after pip install
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+    project = (clone / cd[1]).resolve()
+    assert not project.is_relative_to(clone)
+    assert len(git_log(project)) == 1  # a repository of its own, with its first commit
+    command = tomllib.loads((project / "pyproject.toml").read_text())["project"]["name"]
+    assert f"{command} train" in quick_start()  # the command it made is the one trained
+    clean = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True
+    )
+    assert clean.stdout == ""  # the template's clone is left as it was
+
+
+def test_inside_its_own_template_checkout_scaffold_says_so_before_writing(tmp_path):
+    clone = make_template_repo(tmp_path / "torch-scaffold", f"v{__version__}")
+    # A refused answer stops before anything is written: the warning came first.
+    result = scaffold_from(clone, "new", "my-project", "--package-name", "class", cwd=clone)
+    assert result.returncode == 2
+    warning, error = result.stderr.splitlines()
+    assert warning == (
+        f"warning: my-project is inside {clone}, the torch-scaffold checkout this scaffold runs "
+        "from: the project will be untracked files of the template's repository, with no "
+        "repository of its own; to avoid that, make it outside: scaffold new ../my-project"
+    )
+    assert error.startswith("error: Invalid value for '--package-name'")
+    assert not (clone / "my-project").exists()
 
 
 def test_no_git_makes_no_repository(tmp_path):

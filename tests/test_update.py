@@ -204,23 +204,72 @@ def test_a_dirty_template_checkout_renders_its_last_commit_and_the_project_updat
 
 
 def test_a_commit_that_the_checkout_lacks_is_one_line(template, work):
-    # Plain `copier copy` of a dirty checkout's HEAD records a commit of its temporary clone.
-    (template / "template" / "NOTES.md").write_text("draft\n")
-    run(
-        [sys.executable, "-m", "copier", "copy", "--defaults", "--quiet", "--vcs-ref", "HEAD"]
-        + [str(template), "proj"],
-        cwd=work,
-        stdin=subprocess.DEVNULL,
-    )
+    # What a project made by plain `copier copy` of a dirty checkout's HEAD recorded before
+    # copier.yml refused it: a commit of Copier's temporary clone.
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
     project = work / "proj"
-    git("init", "--quiet", cwd=project)
-    commit_all(project, "generated")
+    recorded = answers(project)
+    recorded["_commit"] = "0123456789abcdef0123456789abcdef01234567"
+    (project / ".copier-answers.yml").write_text(yaml.safe_dump(recorded))
+    commit_all(project, "made from a draft")
 
     result = scaffold_from(template, "update", "proj", cwd=work)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1, result.stderr
     assert "which" in result.stderr and "does not have" in result.stderr
     assert "set _commit in .copier-answers.yml" in result.stderr
+
+
+def copier_copy(*args: str, cwd) -> subprocess.CompletedProcess:
+    """Plain `copier copy --defaults --quiet ARGS` (exit code unchecked)."""
+    return run(
+        [sys.executable, "-m", "copier", "copy", "--defaults", "--quiet", *args],
+        cwd=cwd,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize("case", ["--vcs-ref HEAD", "no release tag"])
+def test_copier_copy_of_a_dirty_checkout_is_refused_rather_than_recorded(case, template, work):
+    # Copier would commit the changes in its temporary clone and record that commit, which
+    # `copier update` cannot find later (ValueError: Unknown revision).
+    gitignore = template / "template" / ".gitignore"
+    gitignore.write_text(gitignore.read_text() + "dirty/\n")
+    (template / "my-project").mkdir()  # a project made inside the clone: untracked files
+    (template / "my-project" / "notes.txt").write_text("mine\n")
+    if case == "no release tag":
+        git("tag", "--delete", TAG, cwd=template)
+        args = [str(template), "proj"]
+    else:
+        args = ["--vcs-ref", "HEAD", str(template), "proj"]
+
+    result = copier_copy(*args, cwd=work)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"the template checkout {template} has uncommitted changes" in last, result.stderr
+    assert f"without them: --vcs-ref $(git -C {template} rev-parse HEAD)" in last
+    assert not (work / "proj").exists()
+
+    head = git("rev-parse", "HEAD", cwd=template).strip()
+    made = copier_copy("--vcs-ref", head, str(template), "proj", cwd=work)  # the way out
+    assert made.returncode == 0, made.stderr
+    assert "dirty/" not in (work / "proj" / ".gitignore").read_text()
+    git("rev-parse", "--verify", answers(work / "proj")["_commit"], cwd=template)  # it exists
+
+
+def test_copier_copy_of_a_dirty_tagged_checkout_takes_the_release(template, work):
+    gitignore = template / "template" / ".gitignore"
+    gitignore.write_text(gitignore.read_text() + "dirty/\n")
+    result = run(
+        [sys.executable, "-m", "copier", "copy", "--defaults", str(template), "proj"],
+        cwd=work,
+        stdin=subprocess.DEVNULL,
+    )
+    # Copier names the release, not a version like 0.0.0.post75.dev0+g1234abc.
+    assert f"Copying from template version {__version__}\n" in result.stderr
+    assert answers(work / "proj")["_commit"] == TAG
+    assert "dirty/" not in (work / "proj" / ".gitignore").read_text()
 
 
 @pytest.mark.parametrize("case", ["dirty", "not a project", "not a repository"])

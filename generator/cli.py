@@ -323,7 +323,7 @@ def update(project_dir: Path, vcs_ref: str | None, defaults: bool, **answers: st
     except project.AnswersError as error:
         raise Refused(str(error)) from None
     if not before.get("_src_path") or not before.get("_commit"):
-        raise Failure(
+        raise Refused(
             f"{answers_file} does not say which template version made the project "
             f"(_src_path and _commit); set them, e.g. _src_path: {project.public_url()} "
             "and _commit: the release tag it was made from"
@@ -349,8 +349,8 @@ def update(project_dir: Path, vcs_ref: str | None, defaults: bool, **answers: st
         _run_update(data, ref, defaults)
     except ValueError as error:  # an answer that a copier.yml validator refused
         raise _refused_in_update(error, flags, before, answers_file) from None
-    except project.SourceError as error:
-        raise Failure(str(error)) from None
+    except project.SourceError as error:  # the recorded commit: the answers file's to fix
+        raise Refused(str(error)) from None
     finally:
         os.chdir(here)
 

@@ -214,7 +214,7 @@ def test_a_commit_that_the_checkout_lacks_is_one_line(template, work):
     commit_all(project, "made from a draft")
 
     result = scaffold_from(template, "update", "proj", cwd=work)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert "which" in result.stderr and "does not have" in result.stderr
     assert "set _commit in .copier-answers.yml" in result.stderr
@@ -348,7 +348,7 @@ def test_a_project_that_records_no_template_version_is_one_line(template, work):
     commit_all(project, "as an older scaffold made it")
 
     result = scaffold_from(template, "update", "proj", cwd=work)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert "does not say which template version made the project" in result.stderr
     assert "_commit" in result.stderr

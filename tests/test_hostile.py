@@ -337,3 +337,12 @@ def test_plain_copier_copy_ends_with_the_validators_message(data, says, template
     last = result.stderr.strip().splitlines()[-1]
     assert says in last and "Value error" not in last, result.stderr
     assert not (tmp_path / "proj").exists()
+
+
+@pytest.mark.parametrize("name", ["_folder_name", "_copier_conf", "_copier_python"])
+def test_copier_copy_given_one_of_copiers_own_names_writes_nothing(name, template_copy, tmp_path):
+    # Copier fails on these before any question (a TypeError in its render context), so
+    # copier.yml cannot refuse them itself: the README says so. Nothing may be written.
+    result = copier_copy(template_copy, tmp_path / "proj", f"{name}=x")
+    assert result.returncode != 0
+    assert not (tmp_path / "proj").exists()

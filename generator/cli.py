@@ -347,7 +347,13 @@ def update(project_dir: Path, vcs_ref: str | None, defaults: bool, **answers: st
         if warning:
             warn(warning)
         _run_update(data, ref, defaults)
-    except ValueError as error:  # an answer that a copier.yml validator refused
+    except ValueError as error:  # an answer that a copier.yml validator refused, or a bad ref
+        if vcs_ref and str(error).startswith("Unknown revision"):
+            raise typer.BadParameter(
+                f"the template {src} has no tag or commit {vcs_ref!r}: give one it has "
+                "(its releases: git tag --list 'v*')",
+                param_hint=["--vcs-ref"],
+            ) from None
         raise _refused_in_update(error, flags, before, answers_file) from None
     except project.SourceError as error:  # the recorded commit: the answers file's to fix
         raise Refused(str(error)) from None

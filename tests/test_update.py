@@ -450,3 +450,10 @@ def test_a_template_folder_that_is_gone_is_named_with_the_fix(template, work):
         f"records the template at {work / 'moved-away' / 'torch-scaffold'} (_src_path)",
         "set _src_path to a torch-scaffold checkout, or to its git URL",
     )
+
+
+def test_an_unknown_vcs_ref_is_blamed_on_the_flag(template, work):
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
+    result = scaffold_from(template, "update", "proj", "--vcs-ref", "v9.9.9", cwd=work)
+    assert_one_line(result, "'--vcs-ref': the template", "has no tag or commit 'v9.9.9'")
+    assert git_status(work / "proj") == ""

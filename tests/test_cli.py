@@ -51,6 +51,9 @@ def test_help_lists_a_flag_per_question_and_imports_no_framework(command):
         assert question.flag in result.stdout
         for choice in question.choices or ():
             assert choice in result.stdout
+    # Listed in copier.yml's order: the task, the framework and the hardware first.
+    listed = [re.search(rf"^  {q.flag} ", result.stdout, re.M).start() for q in load_questions()]
+    assert listed == sorted(listed)
 
 
 def test_version():

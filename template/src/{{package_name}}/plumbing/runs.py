@@ -105,10 +105,13 @@ class RunClaim:
         self.path = run_dir / ".claim"
         self.new_run = new_run  # then a checkpoint there means another run took the folder
         self.file: Any = None
+        self.made: list[Path] = []  # folders made for the claim, removed again if left empty
 
     def __enter__(self) -> RunClaim:
+        folder = self.path.parent.absolute()
+        self.made = [p for p in (folder, *folder.parents) if not p.exists()]
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             file = self.path.open("a+", encoding="utf-8")
         except OSError as error:
             raise UserError(
@@ -119,12 +122,14 @@ class RunClaim:
             file.seek(0)
             holder = file.read().strip() or "another process"
             file.close()
+            self.made = []
             raise UserError(
                 f"run folder {self.path.parent} is in use by {holder}; wait for it to end, "
                 "or pick another --name"
             )
         if self.new_run and has_checkpoint(self.path.parent):  # finished while we looked
             file.close()
+            self.made = []
             raise UserError(
                 f"run folder {self.path.parent} exists already; pick another --name, "
                 "or continue it with --resume last"
@@ -146,6 +151,9 @@ class RunClaim:
                 self.path.unlink()
             self.file.close()  # releases the lock
             self.file = None
+        for folder in self.made:  # a run that failed before writing anything leaves nothing
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def lock(file: Any) -> bool:

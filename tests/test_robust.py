@@ -652,6 +652,7 @@ def checkpoint_cases(framework: str, area: Path, other_run: Path) -> list[Case]:
             says=f"was written by the {OTHER[framework]} engine",
             watch=(area, other_run),
         ),
+        # Both engines train the same plain model: either reads the other's checkpoint.
         case(
             "evaluate-other-engine",
             "evaluate",
@@ -659,7 +660,7 @@ def checkpoint_cases(framework: str, area: Path, other_run: Path) -> list[Case]:
             str(other),
             "--accelerator",
             "cpu",
-            says=f"was written by the {OTHER[framework]} engine",
+            code=0,
             watch=(area, other_run),
         ),
         case(

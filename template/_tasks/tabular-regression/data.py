@@ -88,18 +88,19 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
             f"{where}: --val-split {cfg.data.val_split} leaves fewer than two rows to "
             "train on; lower it"
         )
+    converted = None  # the columns infer_schema converted already
     if meta is None:
         if (y == y[0]).all():
             raise DataError(
                 f"{where}: column '{target}' has the same value, {y[0]:g}, on every row: "
                 "there is nothing to learn; is it the right --target?"
             )
-        meta = infer_schema(table, target, y, rows, train_rows.numpy(), cfg, where)
+        meta, converted = infer_schema(table, target, y, rows, train_rows.numpy(), cfg, where)
         if global_rank() == 0:
             if skipped:
                 print(f"skipped {skipped} rows of {where} with a blank '{target}'")
-            print(describe_schema(meta, cfg.data.min_category_count))
-    numeric, categorical = encode(table, meta, where, rows)
+            print(describe_schema(meta))
+    numeric, categorical = encode(table, meta, where, rows, converted)
     targets = torch.from_numpy(y.astype(np.float32))
     return (
         Rows(numeric[train_rows], categorical[train_rows], targets[train_rows]),
@@ -165,12 +166,13 @@ def read_table(
         strings_can_be_null=True,
     )
     try:
-        table = pa_csv.read_csv(
-            path,
-            # Quoted cells may hold line breaks, as the csv module allows.
-            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-            convert_options=options,
-        )
+        try:
+            table = pa_csv.read_csv(path, convert_options=options)
+        except pa.ArrowInvalid:
+            # A line break in a quoted cell (the csv module allows them) that fell between
+            # the blocks pyarrow reads in parallel: read again without splitting there.
+            newlines = pa_csv.ParseOptions(newlines_in_values=True)
+            table = pa_csv.read_csv(path, parse_options=newlines, convert_options=options)
     except pa.ArrowInvalid as error:
         raise locate_problem(path, header, error) from None
     except OSError as error:
@@ -239,49 +241,60 @@ def numeric_target(table: pa.Table, target: str, where) -> tuple[np.ndarray, np.
     if target not in table.column_names:  # predict's files need not have it
         return np.full(table.num_rows, np.nan), np.arange(0), table.num_rows
     column = table[target]
-    if not looks_numeric(column):
+    values = to_float(column)
+    if values is None and not mostly_numbers(column):
         i = first_refused(column)
         raise DataError(
             f"{where}: column '{target}' holds text ({column[i].as_py()!r} on line "
             f"{line_of(where, i)}), and tabular-regression predicts numbers: pass --target "
             "with a column of numbers"
         )
-    y = numbers(column, target, where, np.arange(len(column)))
+    y = numbers(column, target, where, np.arange(len(column)), values)
     rows = np.flatnonzero(~np.isnan(y))
     return y, rows, len(y) - len(rows)
 
 
-def looks_numeric(column: pa.ChunkedArray) -> bool:
-    """Whether most of the non-blank cells are numbers (ignoring how often each occurs is
-    not enough: a column of numbers with one stray word is still a column of numbers)."""
+def to_float(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """The column as float64 (blanks stay null), or None when a cell is not a number."""
     try:
-        pc.cast(column, pa.float64())
-        return True
+        return pc.cast(column, pa.float64())
     except pa.ArrowInvalid:
-        pass
-    counts = pc.value_counts(pc.drop_null(column))
-    is_number = pc.match_substring_regex(counts.field("values"), NUMBER)
-    number_cells = pc.sum(pc.if_else(is_number, counts.field("counts"), 0)).as_py() or 0
-    return number_cells * 2 > len(column) - column.null_count
+        return None
 
 
-def numbers(column: pa.ChunkedArray, name: str, where, rows: np.ndarray) -> np.ndarray:
+def mostly_numbers(column: pa.ChunkedArray) -> bool:
+    """Whether most non-blank cells are numbers: then the column is one of numbers with a
+    stray word (an error to fix), not of categories. Judged on 10,000 cells at most."""
+    if len(column) > 10_000:
+        column = column.take(np.linspace(0, len(column) - 1, 10_000).astype(np.int64))
+    cells = pc.drop_null(column)
+    numbers = pc.sum(pc.match_substring_regex(cells, NUMBER)).as_py() or 0
+    return numbers * 2 > len(cells)
+
+
+def numbers(
+    column: pa.ChunkedArray,
+    name: str,
+    where,
+    rows: np.ndarray,
+    values: pa.ChunkedArray | None = None,
+    hint: str = "",
+) -> np.ndarray:
     """A column of numbers as float64, NaN for blank cells; a cell that is not a number,
-    not finite, or beyond float32's range is an error naming its line."""
-    try:
-        values = pc.cast(column, pa.float64())
-    except pa.ArrowInvalid:
+    not finite, or beyond float32's range is an error naming its line. `values`: the
+    column converted by to_float already; `hint`: the error's last words."""
+    values = to_float(column) if values is None else values
+    if values is None:
         i = first_refused(column)
         raise DataError(
             f"{where}: line {line_of(where, rows[i])}, column '{name}': {column[i].as_py()!r} "
-            f"is not a number; fix the cell (leave it blank if the value is unknown), or list "
-            f"'{name}' in data.categorical"
-        ) from None
-    array = values.to_numpy(zero_copy_only=False)  # NaN where the cell was blank
-    blank = column.is_null().to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero(~blank & ~(np.abs(array) <= FLOAT32_MAX))  # nan, inf or too large
-    if len(bad):
-        i = bad[0]
+            f"is not a number; fix the cell (leave it blank if the value is unknown){hint}"
+        )
+    array = pc.fill_null(values, np.nan).to_numpy(zero_copy_only=False)  # NaN: a blank cell
+    # A NaN that was not a blank cell, an infinity, or a number beyond float32's range.
+    if np.isnan(array).sum() > values.null_count or (np.abs(array) > FLOAT32_MAX).any():
+        blank = column.is_null().to_numpy(zero_copy_only=False)
+        i = np.flatnonzero(~blank & ~(np.abs(array) <= FLOAT32_MAX))[0]
         problem = "is not a finite number; leave a cell blank for a missing value"
         if np.isfinite(array[i]):
             problem = f"is beyond float32's range (±{FLOAT32_MAX:.3g}); rescale the column"
@@ -315,10 +328,12 @@ def infer_schema(
     train_rows: np.ndarray,
     cfg: Config,
     where,
-) -> dict:
-    """Each column's kind and encoding, from the training rows: the checkpoint's `meta`.
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Each column's kind and encoding, from the training rows: the checkpoint's `meta`;
+    and the columns it converted on the way, for encode.
 
-    Plain lists and numbers only: it is saved in the checkpoint and, by `export`, as JSON.
+    Plain lists and numbers only in `meta`: it is saved in the checkpoint and, by
+    `export`, as JSON.
     """
     d = cfg.data
     for setting, names in (("data.categorical", d.categorical), ("data.ignore", d.ignore)):
@@ -335,6 +350,7 @@ def infer_schema(
     meta: dict = {"target": target, "numeric": [], "categorical": {}, "ignored": {}}
     stats: dict[str, list] = {"median": [], "mean": [], "std": []}
     meta["indicators"] = []  # numeric columns with blanks in the training rows: a 0/1 input each
+    converted = {}
     for name in table.column_names:
         if name == target:
             continue
@@ -342,8 +358,10 @@ def infer_schema(
             meta["ignored"][name] = "data.ignore"
             continue
         column = table[name]
-        if name not in d.categorical and looks_numeric(column):
-            values = numbers(column, name, where, rows)
+        values = None if name in d.categorical else to_float(column)
+        if values is not None or (name not in d.categorical and mostly_numbers(column)):
+            hint = f", or list '{name}' in data.categorical"
+            values = converted[name] = numbers(column, name, where, rows, values, hint)
             train = values[train_rows]
             blank = np.isnan(train)
             reason = None
@@ -363,45 +381,42 @@ def infer_schema(
             if blank.any():
                 meta["indicators"].append(name)
         else:
-            categories, reason = pick_categories(column, train_rows, d.min_category_count)
+            categories, reason, encoded = pick_categories(column, train_rows, d.min_category_count)
             if reason:
                 meta["ignored"][name] = reason
             else:
                 meta["categorical"][name] = categories
+                converted[name] = category_indices(encoded, categories)
     if not meta["numeric"] and not meta["categorical"]:
         ignored = "; ".join(f"{name}: {why}" for name, why in meta["ignored"].items())
         raise DataError(f"{where}: no input column is left ({ignored or 'none but the target'})")
     y_train = y[train_rows]
-    return {
-        **meta,
-        **stats,
-        "y_mean": float(y_train.mean()),
-        "y_std": max(float(y_train.std(ddof=1)), 1e-6),
-    }
+    target_stats = {"y_mean": float(y_train.mean()), "y_std": max(float(y_train.std(ddof=1)), 1e-6)}
+    return {**meta, **stats, **target_stats}, converted
 
 
 def pick_categories(
     column: pa.ChunkedArray, train_rows: np.ndarray, min_count: int
-) -> tuple[list[str], str | None]:
-    """The categories on at least min_count training rows, sorted; or why the column is
-    ignored instead."""
+) -> tuple[list[str], str | None, pa.DictionaryArray | None]:
+    """The categories on at least min_count training rows, sorted, or why the column is
+    ignored instead; and the column dictionary-encoded, for category_indices."""
+    if pc.count_distinct(column).as_py() == len(column) - column.null_count:
+        return [], "a different value on every row", None
     encoded = pc.dictionary_encode(column).combine_chunks()
-    values = encoded.dictionary.to_pylist()
     codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)[train_rows]
-    counts = np.bincount(codes[codes >= 0], minlength=len(values))
-    kept = sorted(value for value, count in zip(values, counts, strict=True) if count >= min_count)
-    if not (codes >= 0).any():
-        return [], "blank on every training row"
-    if len(values) == len(column) - column.null_count:
-        return [], "a different value on every row"
+    counts = np.bincount(codes[codes >= 0], minlength=len(encoded.dictionary))
+    if not counts.any():
+        return [], "blank on every training row", None
+    if counts.max() == len(codes):
+        return [], "the same value on every training row", None
+    kept = sorted(encoded.dictionary.take(np.flatnonzero(counts >= min_count)).to_pylist())
     if not kept:
-        return [], f"no value on {min_count} training rows or more (data.min_category_count)"
-    if len(kept) == 1 and counts.max() == len(codes):
-        return [], "the same value on every training row"
-    return kept, None
+        reason = f"no value on {min_count} training rows or more (data.min_category_count)"
+        return [], reason, None
+    return kept, None, encoded
 
 
-def describe_schema(meta: dict, min_count: int) -> str:
+def describe_schema(meta: dict) -> str:
     """`inputs: 6 numeric, 3 categorical (cut: 5 values, ...); ignored: id (why)`."""
     numeric = f"{len(meta['numeric'])} numeric"
     if meta["indicators"]:
@@ -417,23 +432,35 @@ def describe_schema(meta: dict, min_count: int) -> str:
 
 
 def encode(
-    table: pa.Table, meta: dict, where, rows: np.ndarray | None = None
+    table: pa.Table,
+    meta: dict,
+    where,
+    rows: np.ndarray | None = None,
+    converted: dict[str, np.ndarray] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's inputs: numbers (n, numeric) with NaN for blanks, and category indices
-    (n, categorical). `rows` are the rows' places in the file, for the line of an error."""
+    (n, categorical). `rows` are the rows' places in the file, for the line of an error;
+    `converted`, columns converted already (by infer_schema)."""
     rows = np.arange(table.num_rows) if rows is None else rows
+    converted = converted or {}
     numeric = np.empty((table.num_rows, len(meta["numeric"])), dtype=np.float32)
     for j, name in enumerate(meta["numeric"]):
-        numeric[:, j] = numbers(table[name], name, where, rows)
+        found = converted.get(name)
+        numeric[:, j] = numbers(table[name], name, where, rows) if found is None else found
     categorical = np.empty((table.num_rows, len(meta["categorical"])), dtype=np.int64)
     for j, (name, categories) in enumerate(meta["categorical"].items()):
-        categorical[:, j] = category_indices(table[name], categories)
+        found = converted.get(name)
+        categorical[:, j] = category_indices(table[name], categories) if found is None else found
     return torch.from_numpy(numeric), torch.from_numpy(categorical)
 
 
-def category_indices(column: pa.ChunkedArray, categories: list[str]) -> np.ndarray:
+def category_indices(
+    column: pa.ChunkedArray | pa.DictionaryArray, categories: list[str]
+) -> np.ndarray:
     """Each cell's category index: MISSING when blank, OTHER when not one of `categories`."""
-    encoded = pc.dictionary_encode(column).combine_chunks()
+    encoded = column
+    if not isinstance(column, pa.DictionaryArray):
+        encoded = pc.dictionary_encode(column).combine_chunks()
     index = {value: i + 2 for i, value in enumerate(categories)}
     lookup = [index.get(value, OTHER) for value in encoded.dictionary.to_pylist()]
     lookup = np.array([*lookup, MISSING], dtype=np.int64)  # the last one: blank cells

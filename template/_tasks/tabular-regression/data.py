@@ -391,8 +391,8 @@ def infer_schema(
         ignored = "; ".join(f"{name}: {why}" for name, why in meta["ignored"].items())
         raise DataError(f"{where}: no input column is left ({ignored or 'none but the target'})")
     y_train = y[train_rows]
-    target_stats = {"y_mean": float(y_train.mean()), "y_std": max(float(y_train.std(ddof=1)), 1e-6)}
-    return {**meta, **stats, **target_stats}, converted
+    scale = {"y_mean": float(y_train.mean()), "y_std": max(float(y_train.std(ddof=1)), 1e-6)}
+    return {**meta, **stats, **scale}, converted
 
 
 def pick_categories(
@@ -411,7 +411,7 @@ def pick_categories(
         return [], "the same value on every training row", None
     kept = sorted(encoded.dictionary.take(np.flatnonzero(counts >= min_count)).to_pylist())
     if not kept:
-        reason = f"no value on {min_count} training rows or more (data.min_category_count)"
+        reason = f"no value on {min_count} or more training rows: data.min_category_count"
         return [], reason, None
     return kept, None, encoded
 

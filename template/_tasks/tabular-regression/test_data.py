@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from {{ package_name }}.config import load_config
-from {{ package_name }}.data import MISSING, OTHER, DataError, build_datasets, load_dataset, predict
+from {{ package_name }}.data import (
+    MISSING,
+    OTHER,
+    DataError,
+    build_datasets,
+    load_dataset,
+    predict,
+)
 from {{ package_name }}.model import build_model
 
 

@@ -238,8 +238,6 @@ def line_of(path: str | Path | None, row: int) -> int:
 
 def numeric_target(table: pa.Table, target: str, where) -> tuple[np.ndarray, np.ndarray, int]:
     """The target as numbers (NaN when blank), the rows that have one, and how many don't."""
-    if target not in table.column_names:  # predict's files need not have it
-        return np.full(table.num_rows, np.nan), np.arange(0), table.num_rows
     column = table[target]
     values = to_float(column)
     if values is None and not mostly_numbers(column):
@@ -357,6 +355,9 @@ def infer_schema(
         if name in d.ignore:
             meta["ignored"][name] = "data.ignore"
             continue
+        if not name.strip():
+            meta["ignored"][name] = "no name in the header, like the index pandas writes"
+            continue
         column = table[name]
         values = None if name in d.categorical else to_float(column)
         if values is not None or (name not in d.categorical and mostly_numbers(column)):
@@ -427,7 +428,8 @@ def describe_schema(meta: dict) -> str:
     text = f"inputs: {numeric}, {len(sizes)} categorical"
     text += f" ({', '.join(sizes)})" if sizes else ""
     if meta["ignored"]:
-        text += "; ignored: " + ", ".join(f"{n} ({why})" for n, why in meta["ignored"].items())
+        ignored = [f"{n.strip() or repr(n)} ({why})" for n, why in meta["ignored"].items()]
+        text += "; ignored: " + ", ".join(ignored)
     return text
 
 

@@ -36,15 +36,16 @@ def test_a_csv_of_numbers_loads_with_any_target_name(tmp_path):
 
 
 def mixed_table(tmp_path, n=60):
-    """An id, a number with blanks, a category with blanks and a rare value, a number
-    with few values, a constant, and a target that is blank on two rows."""
+    """pandas' index, an id, a number with blanks, a category with blanks and a rare value,
+    a number with few values, a constant, and a target that is blank on two rows."""
     rows = []
     for i in range(n):
         size = "" if i % 7 == 0 else i % 5
         colour = ["red", "green", "blue"][i % 3] if i != 5 else "violet"
         target = "" if i in (3, 4) else i + 10 * (i % 3)
-        rows.append((f"id{i}", size, colour if i % 11 else "", i % 2, 1, target))
-    return write_csv(tmp_path / "mixed.csv", ["id", "size", "colour", "flag", "one", "y"], rows)
+        rows.append((i, f"id{i}", size, colour if i % 11 else "", i % 2, 1, target))
+    header = ["", "id", "size", "colour", "flag", "one", "y"]
+    return write_csv(tmp_path / "mixed.csv", header, rows)
 
 
 def test_column_kinds_come_from_the_training_rows_and_are_printed_once(tmp_path, capsys):
@@ -53,6 +54,7 @@ def test_column_kinds_come_from_the_training_rows_and_are_printed_once(tmp_path,
     assert meta["indicators"] == ["size"]  # size has blanks: a 0/1 input says which
     assert meta["categorical"] == {"colour": ["blue", "green", "red"]}  # violet: too rare
     assert meta["ignored"] == {
+        "": "no name in the header, like the index pandas writes",
         "id": "a different value on every row",
         "one": "the same value on every training row",
     }
@@ -60,7 +62,8 @@ def test_column_kinds_come_from_the_training_rows_and_are_printed_once(tmp_path,
     printed = capsys.readouterr().out
     assert "skipped 2 rows of" in printed
     assert "inputs: 2 numeric (1 with blanks, filled with the median), 1 categorical" in printed
-    assert "ignored: id (a different value on every row)" in printed
+    assert "ignored: '' (no name in the header" in printed
+    assert "id (a different value on every row)" in printed
 
 
 def test_overrides_blanks_and_unseen_categories(tmp_path):

@@ -390,7 +390,10 @@ def infer_schema(
                 converted[name] = category_indices(encoded, categories)
     if not meta["numeric"] and not meta["categorical"]:
         ignored = "; ".join(f"{name}: {why}" for name, why in meta["ignored"].items())
-        raise DataError(f"{where}: no input column is left ({ignored or 'none but the target'})")
+        raise DataError(
+            f"{where}: no input column is left ({ignored or 'none but the target'}); "
+            "shorten data.ignore, or lower data.min_category_count"
+        )
     y_train = y[train_rows]
     scale = {"y_mean": float(y_train.mean()), "y_std": max(float(y_train.std(ddof=1)), 1e-6)}
     return {**meta, **stats, **scale}, converted

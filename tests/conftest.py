@@ -219,6 +219,12 @@ def run(cmd: list[str], *, check: bool = True, timeout: float = 600, **kwargs):
     return result
 
 
+def default_settings(project: Path) -> dict:
+    """configs/default.yaml's settings: config.py's defaults, listed there commented out."""
+    lines = (project / "configs" / "default.yaml").read_text().splitlines(keepends=True)
+    return yaml.safe_load("".join(line.replace("  # ", "  ", 1) for line in lines))
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     """metrics.csv: one row per evaluation, its values as numbers."""
     with (run_dir / "metrics.csv").open(newline="") as file:

@@ -331,7 +331,7 @@ def test_a_plain_run_imports_no_tracker_and_no_optuna(style, projects, tmp_path)
     overrides = {"train.max_steps": 5, "train.output_dir": str(tmp_path)}
     code = (
         "import sys\n"
-        f"from {package}.config import load_config\n"
+        f"from {package}.plumbing.settings import load_config\n"
         f"from {package}.engine import train\n"
         f"train(load_config(overrides={overrides!r}))\n"
         "print(sorted({'mlflow', 'wandb', 'optuna'} & set(sys.modules)))\n"

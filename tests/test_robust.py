@@ -540,7 +540,7 @@ def checkpoint_step(path: Path) -> int:
     import torch
 
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return checkpoint["state"]["step"] if "state" in checkpoint else checkpoint["global_step"]
+    return checkpoint["progress"]["step"]
 
 
 def checkpoint_is_finite(path: Path) -> bool:

@@ -122,20 +122,21 @@ if hasattr(engine, "TaskModule"):  # Lightning: in its validation loop
 
     engine.TaskModule.validation_step = patched
 else:  # raw: in the loop's evaluation
-    evaluate = engine.Loop.evaluate
+    evaluate = engine.evaluate
 
-    def patched(self, trial=None):
-        signal_once(self.state.step)
-        return evaluate(self, trial)
+    def patched(run, trial=None):
+        signal_once(run.state.step)
+        return evaluate(run, trial)
 
-    engine.Loop.evaluate = patched
+    engine.evaluate = patched
 """
 
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("framework", ["raw", "lightning"])
-def test_sigterm_during_an_evaluation_stops_after_the_next_step(framework, installed, tmp_path):
-    """Lightning's own SIGTERM handling ended such a run with exit code 0 and no checkpoint."""
+def test_sigterm_during_an_evaluation_stops_after_that_evaluation(framework, installed, tmp_path):
+    """The evaluation ends, and its checkpoint is written, then the run stops. (Lightning's
+    own SIGTERM handling ended such a run with exit code 0 and no checkpoint.)"""
     project = installed("text-classification", framework)  # 7 validation batches
     area = tmp_path / "area"
     runs = area / "runs"
@@ -150,7 +151,7 @@ def test_sigterm_during_an_evaluation_stops_after_the_next_step(framework, insta
             [*common, "--name", "stopped"],
             area,
             128 + signal.SIGTERM,
-            says="interrupted (SIGTERM after step 3): saved",
+            says="interrupted (SIGTERM after step 2): saved",
             starts="interrupted",
             setup=setup,
             may_write=[runs],

@@ -30,6 +30,7 @@ from conftest import (
     check_run,
     combination_id,
     command_env,
+    default_settings,
     read_baseline,
     read_metrics,
     run,
@@ -137,7 +138,7 @@ def test_combination_installs_trains_and_learns(
         # The promise of the built-in data: the default settings learn, through the real
         # console script. evaluate, predict and export then find the run themselves.
         _, run_dir, trained = default_run(task, combination["framework"])
-        default = yaml.safe_load((installed.project / "configs" / "default.yaml").read_text())
+        default = default_settings(installed.project)
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"] == {
             **default["train"],
             "name": run_dir.name,

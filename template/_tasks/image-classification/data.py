@@ -17,8 +17,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from .config import Config, UserError
-from .splits import split_indices
+from .config import Config
+from .plumbing import UserError
+from .plumbing.splits import split_indices
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # A folder whose resized images fit in this many bytes is decoded once and kept in memory

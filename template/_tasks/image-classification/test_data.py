@@ -6,7 +6,6 @@ import zlib
 import pytest
 from PIL import Image
 
-from {{ package_name }}.config import load_config
 from {{ package_name }}.data import (  # one name a line: the package name may be long
     DataError,
     build_datasets,
@@ -14,6 +13,7 @@ from {{ package_name }}.data import (  # one name a line: the package name may b
     predict,
 )
 from {{ package_name }}.model import build_model
+from {{ package_name }}.plumbing.settings import load_config
 
 
 def write_images(root, classes=("cat", "dog"), per_class=4):

@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from .config import Config, UserError
-from .splits import split_indices
+from .config import Config
+from .plumbing import UserError
+from .plumbing.splits import split_indices
 
 SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "a small bird", "the teacher"]
 VERBS = ["sees", "likes", "finds", "chases", "watches", "draws"]

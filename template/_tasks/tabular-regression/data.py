@@ -25,9 +25,10 @@ import pyarrow.csv as pa_csv
 import torch
 from torch.utils.data import Dataset
 
-from .config import Config, UserError
-from .hardware import global_rank
-from .splits import split_indices
+from .config import Config
+from .plumbing import UserError
+from .plumbing.hardware import global_rank
+from .plumbing.splits import split_indices
 
 # The index of each categorical input: OTHER for a category seen on fewer than
 # data.min_category_count training rows or never seen in training, MISSING for a blank

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from {{ package_name }}.config import load_config
 from {{ package_name }}.data import (
     MISSING,
     OTHER,
@@ -13,6 +12,7 @@ from {{ package_name }}.data import (
     predict,
 )
 from {{ package_name }}.model import build_model
+from {{ package_name }}.plumbing.settings import load_config
 
 
 def write_csv(path, header, rows):

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from .config import Config, UserError
-from .splits import split_indices
+from .config import Config
+from .plumbing import UserError
+from .plumbing.splits import split_indices
 
 PAD, UNK = "<pad>", "<unk>"
 TOPICS = {

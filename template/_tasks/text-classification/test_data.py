@@ -2,9 +2,9 @@
 
 import pytest
 
-from {{ package_name }}.config import load_config
 from {{ package_name }}.data import DataError, build_datasets, predict
 from {{ package_name }}.model import build_model
+from {{ package_name }}.plumbing.settings import load_config
 
 
 def write_csv(path, rows):

@@ -17,15 +17,17 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .config import Config, UserError, check
-from .engine import train
+from ..config import Config
+from ..engine import train
+from ..model import MONITOR, MONITOR_MODE
+from . import UserError
 from .hardware import global_rank
-from .model import MONITOR, MONITOR_MODE
+from .reporting import plot_learning_curves
 from .runs import has_checkpoint, new_run_name, write_atomically
-from .tracking import plot_learning_curves
+from .settings import check
 
 # The processes of a distributed launch run this same command: they train the same folds.
-FOLDS_NAME_ENV = f"{__package__.upper()}_FOLDS_NAME"
+FOLDS_NAME_ENV = f"{__package__.split('.')[0].upper()}_FOLDS_NAME"
 
 
 def folds_run_name(cfg: Config) -> str:

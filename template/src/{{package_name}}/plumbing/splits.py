@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .config import Config, UserError
+from ..config import Config
+from . import UserError
 
 
 def split_indices(

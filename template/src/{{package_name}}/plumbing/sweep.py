@@ -7,9 +7,10 @@ sweep's folder by default), so an interrupted sweep resumes where it stopped, an
 of workers share its trials: each runs `sweep --name NAME`, with the same `--storage` when
 it is not the default.
 
-Workers agree on the number of trials through a lock file in the sweep's folder, held while
-one counts the trials and asks Optuna for the next; workers on several machines therefore
-share that folder (a shared disk), as they share the trials' run folders. A trial whose
+Workers keep to the number of trials through a lock file in the sweep's folder (filelock),
+held while one counts the trials and asks Optuna for the next: Optuna's MaxTrialsCallback
+counts only after a trial, so two workers could both start the last one. Workers on several
+machines therefore share that folder (a shared disk), as they share the trials' run folders. A trial whose
 worker was killed is failed and queued again: at once when the worker ran on this machine,
 after the storage's heartbeat grace period otherwise (SQLite, PostgreSQL and MySQL).
 """
@@ -30,14 +31,17 @@ from typing import Any, get_type_hints
 import optuna
 import torch
 import yaml
+from filelock import FileLock
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import PROJECT, Config, ConfigError, UserError, coerce, load_config, read_yaml
-from .engine import train
-from .model import MONITOR, MONITOR_MODE
-from .runs import write_atomically
-from .tracking import flatten, plot_learning_curves
+from ..config import PROJECT, Config
+from ..engine import train
+from ..model import MONITOR, MONITOR_MODE
+from . import ConfigError, UserError
+from .reporting import plot_learning_curves
+from .runs import flatten, write_atomically
+from .settings import coerce, load_config, read_yaml
 from .training import Diverged, Interrupted
 
 # A live worker marks its running trial every HEARTBEAT seconds; one silent for GRACE
@@ -167,29 +171,6 @@ def open_storage(url: str | None, folder: Path) -> optuna.storages.BaseStorage:
         raise UserError(f"cannot open the sweep's storage {url}: {error}") from None
 
 
-class Claim:
-    """The lock file that a worker holds while it counts the trials and asks for the next."""
-
-    def __init__(self, folder: Path):
-        from optuna.storages.journal import JournalFileOpenLock
-
-        self.lock = JournalFileOpenLock(str(folder / "claim"))
-        self.held = False
-
-    def __enter__(self) -> Claim:
-        self.lock.acquire()
-        self.held = True
-        return self
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.lock.release()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.release()
-
-
 class Sweep:
     """One worker of a sweep: it runs trials until the sweep has its number of them."""
 
@@ -204,7 +185,7 @@ class Sweep:
         self.name, self.cfg = name, cfg
         self.folder = Path(cfg.train.output_dir) / "sweeps" / name
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.claim = Claim(self.folder)
+        self.claim = FileLock(self.folder / "claim")  # see the module's docstring
         self.current: int | None = None  # the trial this worker runs
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets a line of ours
         with self.claim:
@@ -216,10 +197,10 @@ class Sweep:
                 sampler=optuna.samplers.TPESampler(multivariate=True, constant_liar=True),
                 load_if_exists=True,
             )
-            self.settle(space, trials)
+            self.take_settings(space, trials)
         self.study.pruner = self.pruner()
 
-    def settle(self, space: Space, trials: int | None) -> None:
+    def take_settings(self, space: Space, trials: int | None) -> None:
         """A new sweep records its settings, space and size; a joined one keeps its own."""
         attrs = self.study.user_attrs
         settings = self.cfg.to_dict()

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .runs import home_of, read_checkpoint, write_atomically
+from .runs import read_checkpoint, run_folder_of, write_atomically
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
 def write_record(run_dir: Path, resumed: bool) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def command_line() -> str:
     """The command as typed: `my-project train --lr 0.01`, or `python -m my_project train`."""
     program = Path(sys.argv[0]).name
     if program == "__main__.py":  # a distributed worker: torchrun ran `python -m <package>`
-        program = f"python -m {__package__}"
+        program = f"python -m {__package__.split('.')[0]}"
     return " ".join([program, *map(shlex.quote, sys.argv[1:])])
 
 
@@ -129,9 +129,9 @@ def installed_packages() -> list[str]:
 
 def record_of(checkpoint: str | Path) -> dict[str, Any] | None:
     """The record of the run a checkpoint comes from: its run folder's, else its own copy."""
-    home = home_of(checkpoint)
-    if home is not None and (home / "record.json").is_file():
-        return json.loads((home / "record.json").read_text(encoding="utf-8"))
+    folder = run_folder_of(checkpoint)
+    if folder is not None and (folder / "record.json").is_file():
+        return json.loads((folder / "record.json").read_text(encoding="utf-8"))
     return read_checkpoint(checkpoint).get("record")
 
 

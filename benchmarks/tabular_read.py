@@ -42,7 +42,7 @@ if which == "pandas":
     shape = frame.shape
 else:
     import torch  # imported by every training run before its data
-    from bench.config import load_config
+    from bench.plumbing.settings import load_config
     from bench.data import build_datasets
     cfg = load_config(overrides={"data.path": path})
     start, cpu = time.perf_counter(), time.process_time()

@@ -101,7 +101,7 @@ def test_defaults_learn_real_tables_with_categories_and_blanks(table, template_c
         schemas[framework] = [x for x in result.stdout.splitlines() if x.startswith("inputs: ")]
         if framework == "raw":  # the schema the run saved: the columns the baseline takes
             checkpoint = run_dir / "checkpoints" / "best.ckpt"
-            meta = torch.load(checkpoint, weights_only=True)["meta"]
+            meta = torch.load(checkpoint, weights_only=True)["hyper_parameters"]["meta"]
     baseline = boosted_trees_r2(data, target, meta["numeric"], list(meta["categorical"]))
     best = min(histories["raw"], key=lambda row: row["val/mse"])
     print(

@@ -285,12 +285,16 @@ def evaluate_model(
     metrics: MetricCollection,
     device: torch.device,
     autocast: contextlib.AbstractContextManager | None = None,
+    sync: bool = True,
 ) -> dict[str, float]:
-    """The loss and metrics of `model` over the whole loader, reduced over all ranks."""
+    """The loss and metrics of `model` over the whole loader, reduced over all ranks (or,
+    with sync=False, over this process's loader alone)."""
     was_training = model.training
     model.eval()
     metrics.reset()
     losses = val_loss_metric().to(device)
+    for metric in [losses, *metrics.values()]:
+        metric.sync_on_compute = sync
     for batch in loader:
         with autocast or contextlib.nullcontext():
             loss, outputs, targets = step(model, to_device(batch, device))
@@ -307,7 +311,8 @@ def measure_baseline(dataset: Dataset, meta: dict, cfg: Config) -> dict[str, Any
     validation split, on the CPU: the bar every evaluation is shown against."""
     device = torch.device("cpu")
     loader = make_loader(dataset, cfg, 0, 1, device, train=False)
-    scores = evaluate_model(build_baseline(meta), loader, build_metrics(meta), device)
+    # Rank 0 alone, over the whole split: nothing to reduce over the other processes.
+    scores = evaluate_model(build_baseline(meta), loader, build_metrics(meta), device, sync=False)
     return {"name": BASELINE, **scores}
 
 

@@ -90,6 +90,8 @@ def read_csv(
     """
     if not path.is_file():
         problem = "is a folder" if path.is_dir() else "does not exist"
+        if path.exists() and not path.is_dir():  # a named pipe, a device...
+            problem = "is not a regular file (a named pipe, a device...)"
         raise DataError(f"{path} {problem}; tabular-regression expects a CSV file")
     try:
         # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name.

@@ -330,9 +330,12 @@ def bad_data_cases(task: str, area: Path) -> list[Case]:
 
     folder = data / "a-folder.csv"
     folder.mkdir()
+    pipe = data / "pipe.csv"
+    os.mkfifo(pipe)  # exists, but is no file: never opened (it would wait for a writer)
     cases = [
         train("missing", data / "missing.csv", "does not exist"),
         train("folder", folder, "is a folder"),
+        train("named-pipe", pipe, "is not a regular file (a named pipe"),
     ]
     if task == "tabular-regression":
         latin = data / "latin1.csv"
@@ -425,6 +428,8 @@ def bad_data_cases(task: str, area: Path) -> list[Case]:
         unlabelled.write_text("text,label\nfine film,pos\njust a text\n" * 5)
         latin = data / "latin1.csv"
         latin.write_bytes("text,label\ncaf\xe9 film,pos\nbad,neg\n".encode("latin-1"))
+        unclosed = data / "unclosed.csv"  # the quote on line 3 swallowed every later line
+        unclosed.write_text('text,label\nfine film,pos\n"slow film,neg\n' + "good,pos\n" * 9)
         cases += [
             train(
                 "one-label",
@@ -433,6 +438,12 @@ def bad_data_cases(task: str, area: Path) -> list[Case]:
             ),
             train("unquoted-comma", comma, "line 3 has more fields than the header"),
             train("no-label", unlabelled, "line 3 has no label"),
+            train(
+                "unclosed-quote",
+                unclosed,
+                "the row from line 3 is not valid CSV (unexpected end of data); a text in "
+                "double quotes must end with one",
+            ),
             train("one-row", texts(data / "one.csv", n=1), "has 1 rows; at least two are needed"),
             train(
                 "wrong-columns",
@@ -469,8 +480,10 @@ def bad_data_cases(task: str, area: Path) -> list[Case]:
         hollow = images(data / "hollow")
         (hollow / "bird").mkdir()
         half = images(data / "half" / "train")
+        images(data / "uneven" / "train")
+        images(data / "uneven" / "val", classes=("cat",))  # no val/dog/
         (data / "a-file.png").write_bytes(b"")
-        cases = [c for c in cases if c.name != "folder"]
+        cases = [c for c in cases if c.name not in ("folder", "named-pipe")]
         cases += [
             train("decompression-bomb", bomb, "huge.png is too large to decode safely"),
             train("truncated-jpeg", cut, "photo.jpg (image file is truncated"),
@@ -479,6 +492,7 @@ def bad_data_cases(task: str, area: Path) -> list[Case]:
             train("one-class", lonely, "has 1 class sub-folders; expected at least two"),
             train("empty-class", hollow, "bird holds no images"),
             train("train-without-val", half.parent, "has train/ but no val/"),
+            train("val-lacks-a-class", data / "uneven", "uneven/val/dog is missing: add it"),
             train("every-mode", every_mode(data / "modes"), "", code=0),
             # Last (its setup stays): an image that fails in a DataLoader worker process,
             # whose error comes back wrapped in the worker's traceback.
@@ -653,13 +667,15 @@ def checkpoint_cases(framework: str, area: Path, other_run: Path) -> list[Case]:
             watch=(area, other_run),
         ),
         case(
+            # One checkpoint format: either engine's checkpoint evaluates (only its own
+            # engine resumes it).
             "evaluate-other-engine",
             "evaluate",
             "--checkpoint",
             str(other),
             "--accelerator",
             "cpu",
-            says=f"was written by the {OTHER[framework]} engine",
+            code=0,
             watch=(area, other_run),
         ),
         case(
@@ -815,6 +831,115 @@ def checkpoint_cases(framework: str, area: Path, other_run: Path) -> list[Case]:
     ]
 
 
+def edited_cases(area: Path) -> list[Case]:
+    """Checkpoints and run files edited by hand (each command that reads them says so in one
+    line, naming the file); a run folder whose config.yaml was deleted (it resumes); export
+    --output where it cannot write."""
+    import torch
+
+    runs, cwd = area / "runs", area / "cwd"
+
+    def copy_run(name: str, edit=None) -> tuple[Path, Path]:
+        folder = runs / name
+        shutil.copytree(runs / "done", folder)
+        last = folder / "checkpoints" / "last.ckpt"
+        if edit is not None:
+            checkpoint = torch.load(last, weights_only=True)
+            edit(checkpoint["hyper_parameters"])
+            torch.save(checkpoint, last)
+        return folder, last
+
+    def readers(name: str, last: Path, says: str, commands=("evaluate", "predict", "export")):
+        given = {
+            "evaluate": ["evaluate", "--checkpoint", str(last), "--accelerator", "cpu"],
+            "predict": ["predict", "--checkpoint", str(last), str(area / "inputs.csv")],
+            "export": ["export", "--checkpoint", str(last), "--output", str(area / "x.pt2")],
+            "resume": ["train", *CPU, "--resume", str(last), "--max-steps", "6"],
+        }
+        # A resume claims its run folder (runs/<name>/.claim, removed as it fails): the files
+        # in it must be as they were.
+        watch = {"resume": [last.parent.parent]}
+        return [
+            Case(
+                f"{command}-{name}",
+                given[command],
+                cwd,
+                says=says,
+                watch=watch.get(command, [area]),
+            )
+            for command in commands
+        ]
+
+    every = ("evaluate", "predict", "export", "resume")
+    _, no_columns = copy_run("no-columns", lambda h: h["meta"].pop("columns"))
+    _, no_target = copy_run("no-target", lambda h: h["meta"].pop("target"))
+    _, no_config = copy_run("config-empty", lambda h: h.update(cfg={}))
+    _, narrower = copy_run("narrower", lambda h: h["cfg"]["model"].update(hidden=64))
+    edited = "; the checkpoint was edited or damaged"
+    cases = [
+        *readers("meta-without-columns", no_columns, f"(KeyError: 'columns'){edited}", every),
+        *readers("meta-without-target", no_target, f"(KeyError: 'target'){edited}", ["predict"]),
+        *readers("config-empty", no_config, "lacks parts of a checkpoint", every),
+        *readers("narrower-model", narrower, "its weights do not fit the model", every),
+    ]
+    for name, text in (("broken", "{broken"), ("list", "[1, 2]")):
+        folder, last = copy_run(f"record-{name}")
+        (folder / "record.json").write_text(text)
+        says = f"{folder / 'record.json'} is damaged (not the JSON object a run writes)"
+        cases += readers(f"record-{name}", last, says, ["evaluate", "resume"])
+    folder, last = copy_run("latin-1")
+    metrics = folder / "metrics.csv"
+    metrics.write_bytes(metrics.read_bytes().replace(b"val/mse", b"val/m\xe9e", 1))
+    cases += readers("latin-1-metrics", last, f"{metrics} is not a CSV file of UTF-8", ["resume"])
+    folder, last = copy_run("no-config")
+    (folder / "config.yaml").unlink()
+    resume = ["train", *CPU, "--resume", str(last), "--max-steps", "6"]
+    cases.append(Case("resume-without-config", resume, cwd, 0, watch=[area], may_write=[folder]))
+    best = str(runs / "done" / "checkpoints" / "best.ckpt")
+    output = ["export", "--checkpoint", best, "--output"]
+    cases += [
+        Case(
+            "export-into-a-missing-folder",
+            [*output, str(area / "nosuch" / "x.pt2")],
+            cwd,
+            says=f"goes into {area / 'nosuch'}, which does not exist",
+            watch=[area],
+        ),
+        Case("export-onto-a-folder", [*output, str(cwd)], cwd, says="is a folder", watch=[area]),
+    ]
+    return cases
+
+
+# W&B with no credentials (the tests' machines have none, nor a network): WANDB_MODE as given.
+NO_WANDB_KEY = """
+import os
+home = {home!r}
+os.environ.update(WANDB_MODE={mode!r}, HOME=home, NETRC=home + "/.netrc")
+os.environ.update(WANDB_CONFIG_DIR=home + "/config", WANDB_DIR=home + "/wandb")
+os.environ.pop("WANDB_API_KEY", None)
+"""
+
+
+def wandb_cases(area: Path) -> list[Case]:
+    home = area / "home"
+    train = ["train", *CPU, *FEW_STEPS, "--logger", "wandb", "--output-dir", str(area / "runs")]
+    return [
+        Case(
+            f"wandb-{mode}",
+            [*train, "--name", f"wandb-{mode}"],
+            area / "cwd",
+            says=says,
+            watch=[area],
+            may_write=[home],
+            setup=NO_WANDB_KEY.format(home=str(home), mode=mode),
+        )
+        for mode, says in (
+            ("bogus", "WANDB_MODE=bogus is not a mode of W&B: set it to online, offline"),
+            ("online", "WANDB_MODE=online, but no W&B API key is set up here: run `wandb login`"),
+        )
+    ]
+
+
 class Payload:
     """Unpickled, it would create a file: it must never be."""
 
@@ -833,9 +958,13 @@ def test_checkpoints_and_run_folders_are_one_line(framework, installed, trained,
     project = installed(task, framework)
     area = tmp_path / "area"
     shutil.copytree(trained(task, framework), area / "runs" / "done")
-    cases = checkpoint_cases(framework, area, trained(task, OTHER[framework]))
-    check_all(project.drive(cases, tmp_path / "driver"))
+    cases = edited_cases(area) + checkpoint_cases(framework, area, trained(task, OTHER[framework]))
+    # Last: they set W&B's environment variables in the driver's process.
+    check_all(project.drive(cases + wandb_cases(area), tmp_path / "driver"))
     assert not (area / "pwned").exists(), "a checkpoint's pickle ran code"
+    # A run folder without its config.yaml resumed in place, and wrote it again.
+    assert checkpoint_step(area / "runs" / "no-config" / "checkpoints" / "last.ckpt") == 6
+    assert (area / "runs" / "no-config" / "config.yaml").is_file()
     # The new run from a checkpoint outside a run folder is a run folder of its own.
     started = area / "runs" / "from-downloads"
     assert {"config.yaml", "metrics.csv"} <= {p.name for p in started.iterdir()}

@@ -977,6 +977,193 @@ def test_checkpoints_and_run_folders_are_one_line(framework, installed, trained,
     assert checkpoint_step(area / "runs" / "done" / "checkpoints" / "best.ckpt") == best["step"]
 
 
+# --- sweeps and folds: nothing mixed, nothing lost --------------------------------------
+
+SPACE = {"trials": 2, "pruner": None, "params": {"train.lr": {"low": 1e-3, "high": 1e-2}}}
+QUICK = [*CPU, "--max-steps", "2", "--set", "train.eval_every=1"]
+QUICK_SWEEP = [arg for arg in QUICK if arg not in ("--devices", "1")]  # one device a trial
+
+
+def space_file(path: Path, edit: dict | None = None, **changes) -> Path:
+    """SPACE with these top-level changes, and `edit` merged into train.lr's range."""
+    import yaml
+
+    space = {**SPACE, **changes}
+    if edit is not None:
+        space["params"] = {"train.lr": {**SPACE["params"]["train.lr"], **edit}}
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def sweep_and_folds_cases(area: Path) -> list[Case]:
+    """Search spaces with typos, wrong types or impossible ranges; sweeps whose storage lost
+    their trials; k folds of another split under the same name; folders through a missing
+    one. All refused before any trial or fold trains, nothing written."""
+    import sqlite3
+
+    runs, cwd, spaces = area / "runs", area / "cwd", area / "spaces"
+    spaces.mkdir(parents=True)
+    sweep = ["sweep", *QUICK_SWEEP, "--output-dir", str(runs)]
+    ok = space_file(spaces / "ok.yaml")
+
+    def refused(name: str, argv: list[str], says: str, watch=(area,), **kwargs) -> Case:
+        return Case(name, argv, cwd, says=says, watch=[*watch], **kwargs)
+
+    def space_case(name: str, says: str, **changes) -> Case:
+        argv = [*sweep, "--space", str(space_file(spaces / f"{name}.yaml", **changes))]
+        return refused(f"space-{name}", [*argv, "--name", name], says)
+
+    cases = [
+        space_case(
+            "typo", "unknown key 'trails'; a search space has trials, params, pruner", trails=3
+        ),
+        space_case(
+            "trials-true", "trials must be a whole number, 1 or more; got True", trials=True
+        ),
+        space_case("step-0", "train.lr: step must be above 0; got 0.0", edit={"step": 0}),
+        space_case("step-negative", "train.lr: step must be above 0; got -1.0", edit={"step": -1}),
+        space_case(
+            "high-inf",
+            "train.lr: low, high and step must be finite numbers",
+            edit={"high": float("inf")},
+        ),
+        space_case(
+            "pruner-negative",
+            "pruner needs startup_trials and warmup_evaluations, whole numbers, 0 or more",
+            pruner={"startup_trials": -1, "warmup_evaluations": 1},
+        ),
+        space_case(
+            "output-dir",
+            "train.output_dir cannot be searched: the sweep sets it for each trial",
+            params={"train.output_dir": {"choices": ["a", "b"]}},
+        ),
+        space_case(
+            "name",
+            "train.name cannot be searched: the sweep sets it for each trial",
+            params={"train.name": {"choices": ["a", "b"]}},
+        ),
+        refused("trials-0", [*sweep, "--space", str(ok), "--trials", "0"], "--trials must be 1"),
+        refused(
+            "trials-negative",
+            [*sweep, "--space", str(ok), "--trials", "-1"],
+            "--trials must be 1 or more; got -1",
+        ),
+    ]
+    # A sweep of two trials, and one of one: then the first one's storage emptied, replaced
+    # by the second one's, or by a database of another schema.
+    done = runs / "sweeps" / "done"
+    cases += [
+        Case("sweep", [*sweep, "--space", str(ok), "--name", "done"], cwd, 0, may_write=[runs]),
+        Case(
+            "other",
+            [*sweep, "--space", str(ok), "--name", "other", "--trials", "1"],
+            cwd,
+            0,
+            may_write=[runs],
+        ),
+    ]
+    again = [*sweep, "--space", str(ok), "--name", "done", "--trials", "3"]
+    lost = f"{done} holds 2 trials (trial-000...) that the sweep's storage sqlite:///"
+    # Opening the storage may make its tables (and a journal beside it, that changes the
+    # folder's time); the lock file is touched. trials.csv and best.yaml are checked after.
+    may_write = [done]
+    emptied = f"\nopen({str(done / 'study.db')!r}, 'w').close()"
+    replaced = f"import shutil; shutil.copy({str(runs / 'sweeps' / 'other' / 'study.db')!r}, "
+    replaced += f"{str(done / 'study.db')!r})"
+    schema = runs / "sweeps" / "schema"
+    schema.mkdir(parents=True)
+    with sqlite3.connect(schema / "study.db") as db:
+        db.execute("create table studies (x int)")
+    cases += [
+        refused("storage-emptied", again, lost, setup=emptied, may_write=may_write),
+        refused("storage-of-another-sweep", again, lost, setup=replaced, may_write=may_write),
+        refused(
+            "storage-of-another-schema",
+            [*sweep, "--space", str(ok), "--name", "schema"],
+            f"cannot use the sweep's storage sqlite:///{schema / 'study.db'}: it is not a "
+            "storage of Optuna",
+            may_write=[schema],
+        ),
+    ]
+    # k folds: another K, another seed, a damaged folds.json; too few rows for the folds.
+    folds = ["train", *QUICK, "--output-dir", str(runs), "--name", "cv", "--folds"]
+    cv = [runs / "cv"]  # its files; its claim, taken while it checks, is gone after
+    cases += [
+        Case("folds", [*folds, "2"], cwd, 0, may_write=[runs]),
+        refused(
+            "folds-another-k",
+            [*folds, "3"],
+            f"{runs / 'cv'} holds the folds of a 2-fold split; --folds 3 there would mix",
+            watch=cv,
+        ),
+        refused(
+            "folds-another-seed",
+            [*folds, "2", "--seed", "7"],
+            "holds folds trained with other settings (train.seed: 42 -> 7)",
+            watch=cv,
+        ),
+        refused(
+            "folds-damaged",
+            [*folds, "2"],
+            f"{runs / 'cv' / 'folds.json'} is damaged",
+            setup=f"open({str(runs / 'cv' / 'folds.json')!r}, 'w').write('{{broken')",
+            watch=cv,
+            may_write=[runs / "cv" / "folds.json"],
+        ),
+        refused(
+            "folds-of-one-row",
+            [
+                *folds[:-3],
+                "--name",
+                "four",
+                "--data",
+                str(table(area / "four.csv", n=4)),
+                "--folds",
+                "4",
+            ],
+            "4 examples make folds of 1, and a validation split needs 2 at least; use --folds 2",
+            watch=[runs],  # runs/four/fold-1/, made for the claims, removed again
+        ),
+    ]
+    # An output folder through a missing one: nothing created there, by any command.
+    through = str(Path("out", "nosuch", "..", "x_out"))
+    says = f"--output-dir {through} goes through {Path('out', 'nosuch')}, which does not exist"
+    for name, command in (
+        ("train", ["train", *QUICK]),
+        ("folds", ["train", *QUICK, "--folds", "2"]),
+        ("sweep", ["sweep", *QUICK_SWEEP, "--space", str(ok)]),
+    ):
+        argv = [*command, "--output-dir", through, "--name", "x"]
+        cases.append(refused(f"{name}-through-a-missing-folder", argv, says))
+    return cases
+
+
+# Keeps what the sweep wrote before its storage is emptied (the driver's setup runs first).
+KEEP_RESULTS = """
+import shutil
+for name in ("trials.csv", "best.yaml"):
+    shutil.copy({done!r} + "/" + name, {kept!r} + "/" + name)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sweeps_and_folds_refuse_to_mix_or_lose_results(installed, tmp_path):
+    project = installed("tabular-regression", "raw")
+    area, kept = tmp_path / "area", tmp_path / "kept"
+    kept.mkdir()
+    cases = sweep_and_folds_cases(area)
+    done = area / "runs" / "sweeps" / "done"
+    (emptied,) = [case for case in cases if case.name == "storage-emptied"]
+    emptied.setup = KEEP_RESULTS.format(done=str(done), kept=str(kept)) + emptied.setup
+    check_all(project.drive(cases, tmp_path / "driver"))
+    # Refused, the sweep left its results as they were: two trials, and the best of them.
+    for name in ("trials.csv", "best.yaml"):
+        assert (done / name).read_bytes() == (kept / name).read_bytes(), name
+    assert len((done / "trials.csv").read_text().splitlines()) == 1 + 2
+    assert not list(area.rglob(".claim")), "a claim was left behind"
+
+
 # --- a disk that is full or read-only ----------------------------------------------------
 
 

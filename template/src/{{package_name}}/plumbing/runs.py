@@ -112,8 +112,13 @@ class RunClaim:
         self.path = run_dir / ".claim"
         self.new_run = new_run  # then a checkpoint there means another run took the folder
         self.file: Any = None
+        self.made: list[Path] = []
 
     def __enter__(self) -> RunClaim:
+        # The folders made for the claim: removed again if the run leaves them empty (it
+        # failed before writing anything: bad data, a setting refused...).
+        missing = [self.path.parent, *self.path.parent.parents]
+        self.made = missing[: next(i for i, p in enumerate(missing) if p.exists())]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             file = self.path.open("a+", encoding="utf-8")
@@ -126,12 +131,14 @@ class RunClaim:
             file.seek(0)
             holder = file.read().strip() or "another process"
             file.close()
+            self.made = []  # the holder's
             raise UserError(
                 f"run folder {self.path.parent} is in use by {holder}; wait for it to end, "
                 "or pick another --name"
             )
         if self.new_run and has_checkpoint(self.path.parent):  # finished while we looked
             file.close()
+            self.made = []
             raise UserError(
                 f"run folder {self.path.parent} exists already; pick another --name, "
                 "or continue it with --resume last"
@@ -153,6 +160,9 @@ class RunClaim:
                 self.path.unlink()
             self.file.close()  # releases the lock
             self.file = None
+        for folder in self.made:  # deepest first; one that holds anything stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def lock(file: Any) -> bool:

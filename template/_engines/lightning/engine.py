@@ -50,7 +50,7 @@ class TaskModule(L.LightningModule):
 
     def __init__(self, cfg: dict, meta: dict):
         super().__init__()
-        self.save_hyperparameters()  # the settings and metadata, in every checkpoint
+        self.save_hyperparameters(logger=False)  # settings and metadata, in every checkpoint
         self.cfg = load_config(base=cfg)
         self.model = build_model(self.cfg, meta)
         self.val_metrics = build_metrics(meta).clone(prefix="val/")

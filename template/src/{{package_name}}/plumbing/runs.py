@@ -112,15 +112,13 @@ class RunClaim:
         self.path = run_dir / ".claim"
         self.new_run = new_run  # then a checkpoint there means another run took the folder
         self.file: Any = None
-        self.made: list[Path] = []
+        self.made: list[Path] = []  # folders made for the claim, removed again if left empty
 
     def __enter__(self) -> RunClaim:
-        # The folders made for the claim: removed again if the run leaves them empty (it
-        # failed before writing anything: bad data, a setting refused...).
-        missing = [self.path.parent, *self.path.parent.parents]
-        self.made = missing[: next(i for i, p in enumerate(missing) if p.exists())]
+        folder = self.path.parent.absolute()
+        self.made = [p for p in (folder, *folder.parents) if not p.exists()]
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             file = self.path.open("a+", encoding="utf-8")
         except OSError as error:
             raise UserError(
@@ -131,7 +129,7 @@ class RunClaim:
             file.seek(0)
             holder = file.read().strip() or "another process"
             file.close()
-            self.made = []  # the holder's
+            self.made = []
             raise UserError(
                 f"run folder {self.path.parent} is in use by {holder}; wait for it to end, "
                 "or pick another --name"
@@ -160,7 +158,7 @@ class RunClaim:
                 self.path.unlink()
             self.file.close()  # releases the lock
             self.file = None
-        for folder in self.made:  # deepest first; one that holds anything stays
+        for folder in self.made:  # a run that failed before writing anything leaves nothing
             with contextlib.suppress(OSError):
                 folder.rmdir()
 

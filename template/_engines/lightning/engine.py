@@ -178,6 +178,8 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     run_dir, continuing = runs.choose_run_dir(cfg, resume)
     first = global_rank() == 0
     with runs.RunClaim(run_dir, new_run=not continuing) if first else contextlib.nullcontext():
+        if continuing and first:
+            runs.check_continuable(run_dir)
         L.seed_everything(t.seed, workers=True, verbose=False)
         with runs.rebuilding_from(resume) if resume else contextlib.nullcontext():
             data = DataModule(cfg, checkpoint["hyper_parameters"]["meta"] if checkpoint else None)
@@ -188,7 +190,7 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
         trainer = make_trainer(cfg, data, signals, checkpoint if continuing else None, trial)
         baseline = {}
         if first:
-            runs.prepare_run_dir(run_dir, cfg, continuing)
+            runs.prepare_run_dir(run_dir, cfg)
             module.record = write_record(run_dir, continuing)
             parameters = sum(p.numel() for p in module.model.parameters())
             show(f"{type(module.model).__name__}: {parameters:,} parameters")

@@ -42,6 +42,7 @@ from .plumbing.reporting import save_baseline, show
 from .plumbing.runs import (
     RUN_NAME_ENV,
     RunClaim,
+    check_continuable,
     check_resumable,
     load_weights,
     prepare_run_dir,
@@ -130,6 +131,8 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     # The parent of a --devices N launch holds the folder's claim; else rank 0 does.
     claims = rank == 0 and RUN_NAME_ENV not in os.environ
     with RunClaim(run_dir, new_run=not continuing) if claims else contextlib.nullcontext():
+        if continuing and rank == 0:
+            check_continuable(run_dir)
         with rebuilding_from(resume) if resume else contextlib.nullcontext():
             run = setup(cfg, run_dir, rank, world_size, device, checkpoint, resume)
         baseline = start_reporting(run, checkpoint if continuing else None) if rank == 0 else {}
@@ -211,7 +214,7 @@ def restore(run: Run, checkpoint: dict[str, Any], path: str | Path | None = None
 def start_reporting(run: Run, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
     """Rank 0: the run folder, the record of what produced it, metrics.csv and the tracker;
     returns the trivial baseline, which it saves too."""
-    prepare_run_dir(run.run_dir, run.cfg, continuing=checkpoint is not None)
+    prepare_run_dir(run.run_dir, run.cfg)
     run.record = write_record(run.run_dir, resumed=checkpoint is not None)
     resumed_step = checkpoint["progress"]["step"] if checkpoint else None
     run_id = checkpoint.get("tracker_run_id") if checkpoint else None

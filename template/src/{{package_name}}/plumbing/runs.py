@@ -179,16 +179,19 @@ def lock(file: Any) -> bool:
     return True
 
 
-def prepare_run_dir(run_dir: Path, cfg: Config, continuing: bool = False) -> None:
-    """Create the run folder, remove a killed run's temporary files, save the config; a run
-    that continues checks first that its record and metrics.csv can be continued."""
-    if continuing:
-        from .record import read_record
-        from .reporting import read_rows
+def check_continuable(run_dir: Path) -> None:
+    """Before a run continues in its folder: its record.json and metrics.csv can be read and
+    continued (else one line naming the file, and nothing written)."""
+    from .record import read_record
+    from .reporting import read_rows
 
-        if (run_dir / "record.json").is_file():
-            read_record(run_dir / "record.json")
-        read_rows(run_dir / "metrics.csv")
+    if (run_dir / "record.json").is_file():
+        read_record(run_dir / "record.json")
+    read_rows(run_dir / "metrics.csv")
+
+
+def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
+    """Create the run folder, remove a killed run's temporary files, save the config."""
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     except OSError as error:

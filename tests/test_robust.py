@@ -695,6 +695,7 @@ def checkpoint_cases(framework: str, area: Path, other_run: Path) -> list[Case]:
             says=f"was written by the {OTHER[framework]} engine",
             watch=(area, other_run),
         ),
+        # Both engines train the same plain model: either reads the other's checkpoint.
         case(
             # One checkpoint format: either engine's checkpoint evaluates (only its own
             # engine resumes it).

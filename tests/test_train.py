@@ -85,9 +85,10 @@ def predict_inputs(task: str, folder: Path) -> list[str]:
     if task == "text-classification":
         return ["the coach saw the team score a late goal in the match"]
     if task == "tabular-regression":
+        # The built-in table's columns; a blank number and category, a category never seen.
         rows = folder / "rows.csv"
-        header = ",".join(f"x{i}" for i in range(8))
-        rows.write_text(f"{header}\n{','.join(['0.5'] * 8)}\n{','.join(['-1'] * 8)}\n")
+        header = "x0,x1,x2,x3,x4,x5,colour,size"
+        rows.write_text(f"{header}\n0.5,0.5,0.5,0.5,0.5,0.5,red,M\n-1,-1,-1,-1,-1,,violet,\n")
         return [str(rows)]
     return ["the cat "]
 

@@ -901,13 +901,13 @@ def edited_cases(area: Path) -> list[Case]:
         ]
 
     every = ("evaluate", "predict", "export", "resume")
-    _, no_columns = copy_run("no-columns", lambda h: h["meta"].pop("columns"))
+    _, no_columns = copy_run("no-columns", lambda h: h["meta"].pop("numeric"))
     _, no_target = copy_run("no-target", lambda h: h["meta"].pop("target"))
     _, no_config = copy_run("config-empty", lambda h: h.update(cfg={}))
     _, narrower = copy_run("narrower", lambda h: h["cfg"]["model"].update(hidden=64))
     edited = "; the checkpoint was edited or damaged"
     cases = [
-        *readers("meta-without-columns", no_columns, f"(KeyError: 'columns'){edited}", every),
+        *readers("meta-without-columns", no_columns, f"(KeyError: 'numeric'){edited}", every),
         *readers("meta-without-target", no_target, f"(KeyError: 'target'){edited}", ["predict"]),
         *readers("config-empty", no_config, "lacks parts of a checkpoint", every),
         *readers("narrower-model", narrower, "its weights do not fit the model", every),

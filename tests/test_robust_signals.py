@@ -6,6 +6,7 @@ that was never stopped.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -458,6 +459,49 @@ def test_a_run_folder_is_claimed_by_one_process_at_a_time(framework, installed, 
 
 # --- an interrupt after a step that was due an evaluation; settings given on resume -------
 
+# A nan loss at the {at}th training step of this process (once).
+NAN_AT_STEP = """
+import importlib, torch
+engine = importlib.import_module(package + ".engine")
+step = engine.step
+calls = []
+
+def nan_once(model, batch):
+    loss, outputs, targets = step(model, batch)
+    if torch.is_grad_enabled():
+        calls.append(1)
+        if len(calls) == {at}:
+            loss = loss * float("nan")
+    return loss, outputs, targets
+
+engine.step = nan_once
+"""
+
+# Writes the learning rate of each training step of this process to `path` (JSON), as the
+# optimizer has it when the step runs.
+RECORD_LR = """
+import importlib, json, torch
+made = []
+init = torch.optim.AdamW.__init__
+
+def recording_init(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    made.append(self)
+
+torch.optim.AdamW.__init__ = recording_init
+engine = importlib.import_module(package + ".engine")
+step = engine.step
+rates = []
+
+def recording_step(model, batch):
+    if torch.is_grad_enabled():
+        rates.append(made[-1].param_groups[0]["lr"])
+        open({path!r}, "w").write(json.dumps(rates))
+    return step(model, batch)
+
+engine.step = recording_step
+"""
+
 # Two SIGINTs in the 7th training step: the second one stops at once.
 TWO_SIGINTS = SIGNAL_AT_STEP.replace(
     "os.kill(os.getpid(), signal.{name})",
@@ -480,7 +524,9 @@ def test_an_interrupt_and_settings_given_on_resume(framework, installed, tmp_pat
     every += ["--set", "train.eval_every=1", "--set", "train.patience=0"]
     resume = ["train", "--output-dir", str(runs), "--resume", "last", "--name"]
     interrupted = {"code": 128 + signal.SIGINT, "starts": "interrupted", "may_write": [runs]}
-    diverging = ["train", *CPU, "--lr", "1e4", "--max-steps", "10", "--set", "train.eval_every=1"]
+    # At --lr 1, a nan loss at step 3 (what too high a rate does): last.ckpt holds step 2.
+    diverging = ["train", *CPU, "--lr", "1", "--max-steps", "10", "--set", "train.eval_every=1"]
+    rates = tmp_path / "rates.json"
     cases = [
         Case("uninterrupted", [*every, "--name", "ref"], area, 0, may_write=[runs]),
         Case(
@@ -502,11 +548,12 @@ def test_an_interrupt_and_settings_given_on_resume(framework, installed, tmp_pat
             **interrupted,
         ),
         Case(
-            "diverges-at-step-2",
+            "diverges-at-step-3",
             [*diverging, "--output-dir", str(runs), "--name", "lr"],
             area,
             1,
-            says="training diverged at step 2: ",
+            says="training diverged at step 3: the loss is nan; lower the learning rate",
+            setup=NAN_AT_STEP.format(at=3),
             may_write=[runs],
         ),
         Case(
@@ -523,7 +570,14 @@ def test_an_interrupt_and_settings_given_on_resume(framework, installed, tmp_pat
             says="was trained with other model settings (model.hidden: 128 -> 32)",
             watch=[runs / "lr"],
         ),
-        Case("resume-a-new-lr", [*resume, "lr", "--lr", "1e-3"], area, 0, may_write=[runs]),
+        Case(
+            "resume-a-new-lr",
+            [*resume, "lr", "--lr", "1e-3"],
+            area,
+            0,
+            setup=RECORD_LR.format(path=str(rates)),
+            may_write=[runs],
+        ),
         # No warning (Lightning's early stopping callback is there, with or without patience).
         Case(
             "resume-more-steps-no-patience",
@@ -536,10 +590,14 @@ def test_an_interrupt_and_settings_given_on_resume(framework, installed, tmp_pat
     check_all(project.drive(cases, tmp_path / "driver"))
     assert metrics_text(runs / "stopped") == metrics_text(runs / "ref")
     assert checkpoint_step(runs / "twice" / "checkpoints" / "last.ckpt") == 5
+    # The resumed steps trained at the new rate from the first one on (they took the old
+    # one for a step, and diverged again), decaying from it; metrics.csv shows the same.
+    trained_at = json.loads(rates.read_text())
+    assert trained_at[0] == pytest.approx(1e-3) and max(trained_at) <= 1e-3 * (1 + 1e-9)
     rows = read_rows(runs / "lr")
     assert [row["step"] for row in rows] == [str(step) for step in range(1, 13)]
-    assert float(rows[0]["lr"]) > 1e3  # the diverging rate, then a new schedule from 1e-3
-    assert all(0 < float(row["lr"]) <= 1e-3 for row in rows[1:]), rows
+    assert all(float(row["lr"]) > 0.5 for row in rows[:2]), rows  # --lr 1, decaying
+    assert all(0 < float(row["lr"]) <= 1e-3 for row in rows[2:]), rows
     settings = yaml.safe_load((runs / "lr" / "config.yaml").read_text())["train"]
     assert (settings["lr"], settings["max_steps"], settings["patience"]) == (1e-3, 12, 0)
     assert not cases[-1].result["stderr"].strip()  # Lightning missed no callback's state

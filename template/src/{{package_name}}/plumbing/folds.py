@@ -38,6 +38,9 @@ from .settings import check
 
 # The processes of a distributed launch run this same command: they train the same folds.
 FOLDS_NAME_ENV = f"{__package__.split('.')[0].upper()}_FOLDS_NAME"
+# Settings that may differ when the same --folds command runs again: those a resume may
+# change, and the hold-out share, which folds do not use.
+NOT_THE_SPLIT = {*CHANGEABLE_ON_RESUME, "data.val_split"}
 
 
 def folds_run_name(cfg: Config) -> str:
@@ -115,7 +118,7 @@ def read_folds(path: Path, cfg: Config, folds: int) -> list[dict[str, Any]]:
     differing = [
         f"{key}: {saved[key]} -> {value}"
         for key, value in flatten(cfg.to_dict()).items()
-        if key in saved and saved[key] != value and key not in CHANGEABLE_ON_RESUME
+        if key in saved and saved[key] != value and key not in NOT_THE_SPLIT
     ]
     if differing:
         raise UserError(

@@ -19,7 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader
 
 from .config import TASK, Config
@@ -126,8 +126,8 @@ class TaskModule(L.LightningModule):
         saved = self.resumed["hyper_parameters"]["cfg"]["train"]
         schedule = (self.optimizers(), self.lr_schedulers(), self.cfg, saved, self.global_step)
         training.continue_schedule(*schedule)
-        if self.trainer.early_stopping_callback is not None:  # it restored the old patience
-            self.trainer.early_stopping_callback.patience = self.cfg.train.patience
+        # Early stopping restored the patience of the checkpoint: the one given now applies.
+        self.trainer.early_stopping_callback.patience = self.cfg.train.patience or math.inf
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Besides the weights and hyperparameters: the progress and the random state, for a
@@ -178,9 +178,14 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     run_dir, continuing = runs.choose_run_dir(cfg, resume)
     first = global_rank() == 0
     with runs.RunClaim(run_dir, new_run=not continuing) if first else contextlib.nullcontext():
+        if continuing and first:
+            runs.check_continuable(run_dir)
         L.seed_everything(t.seed, workers=True, verbose=False)
-        data = DataModule(cfg, checkpoint["hyper_parameters"]["meta"] if checkpoint else None)
-        module = TaskModule(cfg.to_dict(), data.meta)
+        with runs.rebuilding_from(resume) if resume else contextlib.nullcontext():
+            data = DataModule(cfg, checkpoint["hyper_parameters"]["meta"] if checkpoint else None)
+            module = TaskModule(cfg.to_dict(), data.meta)
+        if checkpoint is not None:  # before Lightning loads them, in words of its own
+            runs.load_weights(module.model, runs.model_weights(checkpoint), resume)
         signals = training.StopSignals()
         trainer = make_trainer(cfg, data, signals, checkpoint if continuing else None, trial)
         baseline = {}
@@ -216,11 +221,12 @@ def make_trainer(cfg: Config, data: DataModule, signals, resumed: dict | None, t
     batches = len(make_loader(data.train_set, cfg, 0, world_size, device, train=True))
     interval = training.eval_interval(cfg, batches)
     callbacks = [
-        ModelCheckpoint(folder, save_top_k=0, save_last=True),  # last.ckpt at each evaluation
-        parts.RunCheckpoints(cfg, signals),  # best.ckpt, and last.ckpt when interrupted
+        # last.ckpt at each evaluation, best.ckpt at each better one, last.ckpt when interrupted
+        parts.RunCheckpoints(cfg, signals),
     ]
-    if t.patience:
-        callbacks.append(EarlyStopping("best_step", mode="max", patience=t.patience))
+    # Always there (patience 0: never stopping), so that its count of evaluations without a
+    # better one is in every checkpoint, for a resume that turns it on or off.
+    callbacks.append(EarlyStopping("best_step", mode="max", patience=t.patience or math.inf))
     if trial is not None:
         callbacks.append(parts.Pruning(trial))
     loggers = [parts.MetricsCSV(cfg.run_dir, t.max_steps, resumed and resumed["progress"]["step"])]

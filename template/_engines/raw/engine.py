@@ -42,9 +42,12 @@ from .plumbing.reporting import save_baseline, show
 from .plumbing.runs import (
     RUN_NAME_ENV,
     RunClaim,
+    check_continuable,
     check_resumable,
+    load_weights,
     prepare_run_dir,
     read_checkpoint,
+    rebuilding_from,
     save_atomically,
 )
 from .plumbing.tracking import MetricsLog, Progress
@@ -128,7 +131,10 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     # The parent of a --devices N launch holds the folder's claim; else rank 0 does.
     claims = rank == 0 and RUN_NAME_ENV not in os.environ
     with RunClaim(run_dir, new_run=not continuing) if claims else contextlib.nullcontext():
-        run = setup(cfg, run_dir, rank, world_size, device, checkpoint)
+        if continuing and rank == 0:
+            check_continuable(run_dir)
+        with rebuilding_from(resume) if resume else contextlib.nullcontext():
+            run = setup(cfg, run_dir, rank, world_size, device, checkpoint, resume)
         baseline = start_reporting(run, checkpoint if continuing else None) if rank == 0 else {}
         try:
             with StopSignals() as signals:
@@ -145,8 +151,8 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
 # --- setup -------------------------------------------------------------------------------
 
 
-def setup(cfg, run_dir, rank, world_size, device, checkpoint) -> Run:
-    """The data, the model and its optimizer, from the checkpoint when there is one."""
+def setup(cfg, run_dir, rank, world_size, device, checkpoint, path=None) -> Run:
+    """The data, the model and its optimizer, from the checkpoint (at `path`) when there is one."""
     t = cfg.train
     seed_everything(t.seed)  # every rank starts from the same seed, hence the same model
     meta = checkpoint["hyper_parameters"]["meta"] if checkpoint else None
@@ -180,16 +186,16 @@ def setup(cfg, run_dir, rank, world_size, device, checkpoint) -> Run:
         loss_count=torch.zeros((), device=device),
     )
     if checkpoint is not None:
-        restore(run, checkpoint)
+        restore(run, checkpoint, path)
     if t.compile:
         model.compile()  # in place: the checkpoint's keys stay those of the model
     run.net = wrap(model, world_size, device)
     return run
 
 
-def restore(run: Run, checkpoint: dict[str, Any]) -> None:
+def restore(run: Run, checkpoint: dict[str, Any], path: str | Path | None = None) -> None:
     """Continue from a checkpoint: weights, optimizer, schedule, place, random state."""
-    run.model.load_state_dict(checkpoint["model"])
+    load_weights(run.model, checkpoint["model"], path)
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     run.scaler.load_state_dict(checkpoint["scaler"])

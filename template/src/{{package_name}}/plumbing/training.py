@@ -251,9 +251,14 @@ def continue_schedule(
         schedule.restart(step, t.max_steps)
     else:
         schedule.extend(step, t.max_steps)
-    for group in optimizer.param_groups:
+    # The rate of the next step, from the schedule as it is now: the optimizer restored the
+    # old one, which the scheduler would replace only after that step.
+    factor = schedule(scheduler.last_epoch)
+    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base_lr * factor
         if group.get("name") == "weights":
             group["weight_decay"] = t.weight_decay
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def seed_everything(seed: int) -> None:

@@ -18,7 +18,7 @@ import gc
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +53,10 @@ from .plumbing.runs import (
 from .plumbing.tracking import MetricsLog, Progress
 from .plumbing.training import (
     Diverged,
+    Evaluations,
     Interrupted,
     Outcome,
     StopSignals,
-    better,
     build_optimizer,
     check_finite,
     continue_schedule,
@@ -74,14 +74,11 @@ ENGINE = "raw"
 
 
 @dataclass
-class State:
-    """How far the run is: optimizer steps, the epoch in progress, the evaluations."""
+class State(Evaluations):
+    """How far the run is: optimizer steps, the epoch in progress, and the evaluations."""
 
     step: int = 0
     epoch: int = 0  # counted from 0 here; printed and logged from 1
-    best: dict[str, float] = field(default_factory=dict)  # the best evaluation's row
-    last: dict[str, float] = field(default_factory=dict)  # the latest evaluation's row
-    bad_evals: int = 0  # evaluations since the best one
 
 
 @dataclass
@@ -329,15 +326,11 @@ def evaluate(run: Run, trial: Any = None) -> None:
     run.loss_count.zero_()
     row = {"step": state.step, "epoch": state.epoch + 1, "lr": run.lr}
     row |= {"train/loss": train_loss.item(), **scores}
-    state.last = row
-    if better(row, state.best):
-        state.best, state.bad_evals = row, 0
-    else:
-        state.bad_evals += 1
+    state.add(row)
     if run.log is not None:
         # The row first: a row later than the checkpoint is dropped on resume.
         run.log.write(row)
-        save(run, "last.ckpt", "best.ckpt" if state.bad_evals == 0 else None)
+        save(run, "last.ckpt", "best.ckpt" if state.improved else None)
     if trial is not None:
         trial.report(row[MONITOR], state.step)  # an Optuna sweep may prune this trial
         if trial.should_prune():

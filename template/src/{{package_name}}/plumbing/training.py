@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchmetrics import MeanMetric, MetricCollection
 
@@ -79,6 +80,33 @@ class Outcome:
     best: dict[str, float]
     last: dict[str, float]
     baseline: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluations:
+    """A run's evaluations so far: the best (see `better`), the latest, and how many came
+    since the best, which early stopping counts. Checkpoints hold them as "progress"."""
+
+    best: dict[str, float] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+    bad_evals: int = 0  # evaluations since the best one
+
+    @classmethod
+    def of(cls, progress: dict[str, Any]) -> Evaluations:
+        """The evaluations of a checkpoint's progress."""
+        return cls(progress["best"], progress["last"], progress["bad_evals"])
+
+    def add(self, row: dict[str, float]) -> None:
+        self.last = row
+        if better(row, self.best):
+            self.best, self.bad_evals = row, 0
+        else:
+            self.bad_evals += 1
+
+    @property
+    def improved(self) -> bool:
+        """Whether the latest evaluation is the best."""
+        return bool(self.last) and self.bad_evals == 0
 
 
 def better(row: dict[str, float], best: dict[str, float] | None) -> bool:
@@ -298,8 +326,9 @@ def evaluate_model(
     model.eval()
     metrics.reset()
     losses = val_loss_metric().to(device)
-    for metric in [losses, *metrics.values()]:
-        metric.sync_on_compute = sync
+    distributed = sync and dist.is_available() and dist.is_initialized()
+    for metric in [losses, *metrics.values()]:  # torchmetrics reduces whenever DDP is on
+        metric.distributed_available_fn = lambda: distributed
     for batch in loader:
         with autocast or contextlib.nullcontext():
             loss, outputs, targets = step(model, to_device(batch, device))

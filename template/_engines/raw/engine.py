@@ -301,7 +301,7 @@ def train_step(run: Run, micro_batches: list[Any]) -> torch.Tensor:
         losses.append(loss.detach())
     if t.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
-        # In the optimizer's order, as Lightning clips: the same sum, to the last bit.
+        # In the optimizer's order: the order of the norm's sum decides its last bits.
         parameters = [p for group in run.optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(parameters, t.grad_clip)
     run.scaler.step(run.optimizer)

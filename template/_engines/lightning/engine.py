@@ -12,7 +12,6 @@ import contextlib
 import logging
 import math
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,9 @@ class TaskModule(L.LightningModule):
 
     def __init__(self, cfg: dict, meta: dict):
         super().__init__()
-        self.save_hyperparameters()  # the settings and metadata, in every checkpoint
+        # The settings and metadata, in every checkpoint; RunReport gives the tracker the
+        # settings as its parameters.
+        self.save_hyperparameters(logger=False)
         self.cfg = load_config(base=cfg)
         self.model = build_model(self.cfg, meta)
         self.val_metrics = build_metrics(meta).clone(prefix="val/")
@@ -182,11 +183,13 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
         data = DataModule(cfg, checkpoint["hyper_parameters"]["meta"] if checkpoint else None)
         module = TaskModule(cfg.to_dict(), data.meta)
         signals = training.StopSignals()
-        trainer = make_trainer(cfg, data, signals, checkpoint if continuing else None, trial)
         baseline = {}
         if first:
             runs.prepare_run_dir(run_dir, cfg)
             module.record = write_record(run_dir, continuing)
+        resumed = checkpoint if continuing else None
+        trainer = make_trainer(cfg, data, signals, resumed, trial, module.record)
+        if first:
             parameters = sum(p.numel() for p in module.model.parameters())
             show(f"{type(module.model).__name__}: {parameters:,} parameters")
             baseline = training.measure_baseline(data.val_set, data.meta, cfg)
@@ -207,7 +210,9 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     return Outcome(reason, module.best, module.last, baseline)
 
 
-def make_trainer(cfg: Config, data: DataModule, signals, resumed: dict | None, trial) -> L.Trainer:
+def make_trainer(
+    cfg: Config, data: DataModule, signals, resumed: dict | None, trial, record: dict | None
+) -> L.Trainer:
     """The Trainer, its loggers and its callbacks, as the config says."""
     t, folder = cfg.train, cfg.run_dir / "checkpoints"
     device = resolve_device(t.accelerator)
@@ -223,8 +228,11 @@ def make_trainer(cfg: Config, data: DataModule, signals, resumed: dict | None, t
         callbacks.append(EarlyStopping("best_step", mode="max", patience=t.patience))
     if trial is not None:
         callbacks.append(parts.Pruning(trial))
+    bar = parts.progress_bar(cfg)
     loggers = [parts.MetricsCSV(cfg.run_dir, t.max_steps, resumed and resumed["progress"]["step"])]
-    tracker = parts.tracker_logger(cfg, cfg.run_dir, resumed and resumed.get("tracker_run_id"))
+    run_id = resumed and resumed.get("tracker_run_id")
+    tracker = parts.tracker_logger(cfg, cfg.run_dir, run_id, record)
+    callbacks.append(parts.RunReport(cfg, tracker, resumed=run_id is not None))
     return L.Trainer(
         accelerator=t.accelerator,
         devices=devices,
@@ -240,11 +248,11 @@ def make_trainer(cfg: Config, data: DataModule, signals, resumed: dict | None, t
         gradient_clip_val=t.grad_clip or None,
         logger=loggers + ([tracker] if tracker else []),
         log_every_n_steps=interval,
-        callbacks=callbacks,
+        callbacks=callbacks + ([bar] if bar else []),
         # A SLURM requeue signal makes Lightning save hpc_ckpt_N.ckpt here, beside last.ckpt.
         default_root_dir=folder,
         plugins=[parts.AtomicCheckpointIO()],
         use_distributed_sampler=False,  # make_loader shards the data itself, resumably
-        enable_progress_bar=sys.stdout.isatty(),
+        enable_progress_bar=bar is not None,
         enable_model_summary=False,  # train prints the parameter count
     )

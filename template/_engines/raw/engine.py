@@ -38,7 +38,7 @@ from .plumbing.distributed import (
 )
 from .plumbing.hardware import resolve_device, resolve_devices, resolve_precision
 from .plumbing.record import write_record
-from .plumbing.reporting import save_baseline, show
+from .plumbing.reporting import plot_learning_curves, save_baseline, show
 from .plumbing.runs import (
     RUN_NAME_ENV,
     RunClaim,
@@ -212,7 +212,7 @@ def start_reporting(run: Run, checkpoint: dict[str, Any] | None) -> dict[str, An
     run.record = write_record(run.run_dir, resumed=checkpoint is not None)
     resumed_step = checkpoint["progress"]["step"] if checkpoint else None
     run_id = checkpoint.get("tracker_run_id") if checkpoint else None
-    run.log = MetricsLog(run.run_dir, run.cfg, resumed_step, run_id)
+    run.log = MetricsLog(run.run_dir, run.cfg, resumed_step, run_id, run.record)
     run.progress = Progress(run.state.step, run.cfg.train.max_steps)
     parameters = sum(p.numel() for p in run.model.parameters())
     show(f"{type(run.model).__name__}: {parameters:,} parameters")
@@ -222,10 +222,17 @@ def start_reporting(run: Run, checkpoint: dict[str, Any] | None) -> dict[str, An
 
 
 def stop_reporting(run: Run, error: BaseException | None = None) -> None:
+    """Rank 0: curves.png, then the tracker's run ends (with the run's files)."""
     if run.progress is not None:
         run.progress.close()
-    if run.log is not None:
-        run.log.close(error)
+    if run.log is None:
+        return
+    try:
+        plot_learning_curves(run.run_dir)
+    except Exception:
+        if error is None:
+            raise  # else the run's own error is the one to report
+    run.log.close(run.state.best, error)
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -330,7 +337,7 @@ def evaluate(run: Run, trial: Any = None) -> None:
         state.bad_evals += 1
     if run.log is not None:
         # The row first: a row later than the checkpoint is dropped on resume.
-        run.log.write(row)
+        run.log.write(row, best=state.bad_evals == 0)
         save(run, "last.ckpt", "best.ckpt" if state.bad_evals == 0 else None)
     if trial is not None:
         trial.report(row[MONITOR], state.step)  # an Optuna sweep may prune this trial

@@ -33,7 +33,8 @@ CHANGEABLE_ON_RESUME = {
         f"train.{key}"
         for key in (
             "max_steps epochs lr weight_decay grad_clip patience eval_every accelerator devices "
-            "num_nodes precision compile num_workers logger tracking_uri group output_dir name"
+            "num_nodes precision compile num_workers logger tracking_uri group log_checkpoint "
+            "output_dir name"
         ).split()
     ),
 }
@@ -45,12 +46,19 @@ def new_run_name() -> str:
 
 
 def run_folder_of(checkpoint: str | Path) -> Path | None:
-    """The run folder that holds a checkpoint (runs/<name>/checkpoints/x.ckpt), if any."""
-    path = Path(checkpoint).resolve()
-    folder = path.parent.parent
-    if path.parent.name == "checkpoints" and (folder / "config.yaml").is_file():
+    """The run folder that holds a checkpoint (runs/<name>/checkpoints/x.ckpt), if any:
+    relative to the working directory when the checkpoint's path is, as a new run's is."""
+    path = Path(checkpoint)
+    folder = path.resolve().parent.parent
+    if folder.joinpath("checkpoints") != path.resolve().parent:
+        return None
+    if not (folder / "config.yaml").is_file():
+        return None
+    if path.is_absolute():
         return folder
-    return None
+    with contextlib.suppress(ValueError):  # on another drive (Windows): absolute
+        return Path(os.path.relpath(folder))
+    return folder
 
 
 def has_checkpoint(run_dir: Path) -> bool:

@@ -320,6 +320,11 @@ def test_switching_the_framework_both_ways_keeps_the_users_code(template, work, 
             result.stdout
         )
         assert answers(project)["framework"] == framework
+        # Whether to reinstall: lightning is a dependency of one engine only.
+        change = "+lightning>=2.4" if framework == "lightning" else "-lightning>=2.4"
+        assert f"The dependencies changed ({change}): reinstall: pip install -e ." in (
+            result.stdout
+        )
         pyproject = (project / "pyproject.toml").read_text()
         assert ('"lightning>=' in pyproject) == (framework == "lightning")
         engines.setdefault(framework, (src / "engine.py").read_text())

@@ -3,7 +3,10 @@ raw and Lightning; `scaffold --help` and `scaffold new` as whole processes. And 
 README's "trains in seconds on a CPU" costs: the CPU time (user + sys, of the process and
 its children) of each task's default built-in run, `train` with no flag, both engines.
 
-    python benchmarks/startup.py [--repeat 5] [--only startup|default-runs]
+    python benchmarks/startup.py [--repeat 5] [--only startup|default-runs] [--threads N]
+
+`--threads N` runs the default runs with OMP_NUM_THREADS=N: on a machine that other work
+keeps busy, torch's idle threads spin and their CPU time measures the load, not the run.
 
 References measured in the same run: `python -c "import torch"` and `python -c "import
 torch, lightning"`. The first optimizer step is seen from outside: the run is started as
@@ -86,13 +89,16 @@ def cpu_timed(command: list[str], cwd: Path, env: dict) -> tuple[float, float, s
     return time.time() - start, cpu, stdout
 
 
-def default_runs(projects: dict, repeat: int) -> None:
+def default_runs(projects: dict, repeat: int, threads: int | None) -> None:
     """Each task's default built-in run, `train` with no flag: its CPU time and its end."""
+    print(f"threads: {threads or 'torch default'}; load average: {os.getloadavg()[0]:.1f}")
     target = f"< {DEFAULT_RUN_CPU_S:.0f} s"
     print(f"| task | framework | CPU s (user+sys) | wall s | steps | stopped by | {target} |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for (task, framework), project in projects.items():
         env = {"PYTHONPATH": str(project / "src")}
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
         cpus, walls = [], []
         for i in range(repeat):
             command = [sys.executable, "-m", "bench", "train", "--name", f"default-{i}"]
@@ -119,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--only", choices=["startup", "default-runs"])
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the default runs")
     args = parser.parse_args()
     python = sys.executable
     median = statistics.median
@@ -138,7 +145,7 @@ def main() -> None:
                 run_copy(str(source), project, data=data, defaults=True, quiet=True)
                 projects[task, framework] = project
         if args.only == "default-runs":
-            default_runs(projects, args.repeat)
+            default_runs(projects, args.repeat, args.threads)
             return
 
         torch_s = median(timed([python, "-c", "import torch"])[0] for _ in range(args.repeat))
@@ -178,7 +185,7 @@ def main() -> None:
         print(f"scaffold --help: {median(helps):.2f} s (target < 0.5 s)")
         print(f"scaffold new: {median(news):.2f} s (target < 1.5 s)")
         if args.only is None:
-            default_runs(projects, args.repeat)
+            default_runs(projects, args.repeat, args.threads)
 
 
 if __name__ == "__main__":

@@ -57,23 +57,6 @@ def combination_param(combination: dict[str, str]):
     return pytest.param(combination, id=combination_id(combination), marks=group)
 
 
-@pytest.fixture(scope="session")
-def default_run(installed_project):
-    """default_run(task, framework): the cpu project trained as a user first trains it:
-    `my-project train` in the project's folder, no flag. Once per test process."""
-    done: dict[tuple[str, str], tuple] = {}
-
-    def get(task: str, framework: str):
-        if (task, framework) not in done:
-            installed = installed_project({"task": task, "framework": framework, "hardware": "cpu"})
-            result = installed.run("train", timeout=900)
-            folder = result.stdout.strip().splitlines()[-1].removeprefix("run folder: ")
-            done[task, framework] = installed, installed.project / folder, result
-        return done[task, framework]
-
-    return get
-
-
 def predict_inputs(task: str, folder: Path) -> list[str]:
     if task == "image-classification":
         from PIL import Image, ImageDraw

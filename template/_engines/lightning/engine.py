@@ -62,6 +62,8 @@ class TaskModule(L.LightningModule):
         self.best: dict[str, float] = {}  # the best evaluation's row (training.better)
         self.last: dict[str, float] = {}
         self.bad_evals = 0  # evaluations since the best one
+        self.perfect = training.perfect_score(meta)  # the monitored metric's best possible
+        self.stop: str | None = None  # why early stopping ended the run
         self.record: dict | None = None  # what produced the run, in short (rank 0)
         self.resumed: dict | None = None  # the checkpoint a run resumes from
 
@@ -102,10 +104,13 @@ class TaskModule(L.LightningModule):
         self.loss_sum.zero_()
         self.loss_count.zero_()
         self.last = row
-        if training.better(row, self.best):
+        if training.better(row, self.best, self.cfg.train.tie_delta):
             self.best, self.bad_evals = row, 0
         else:
             self.bad_evals += 1
+        self.stop = training.early_stop(self.bad_evals, self.best, self.cfg, self.perfect)
+        if self.stop == "perfect":  # EarlyStopping stops the other case
+            self.trainer.should_stop = True
         # float64: the logged values are those of the raw engine, to the last digit.
         self.log_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in row.items()})
         # What EarlyStopping follows: it grows exactly when an evaluation is better.
@@ -205,9 +210,7 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     if not trainer.is_global_zero:
         return None
     reason = "max_steps" if trainer.global_step >= t.max_steps else "epochs"
-    if t.patience and module.bad_evals >= t.patience:
-        reason = "early_stopping"
-    return Outcome(reason, module.best, module.last, baseline)
+    return Outcome(module.stop or reason, module.best, module.last, baseline)
 
 
 def make_trainer(

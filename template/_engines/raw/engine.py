@@ -57,11 +57,13 @@ from .plumbing.training import (
     build_optimizer,
     check_finite,
     continue_schedule,
+    early_stop,
     evaluate_model,
     evaluation_due,
     get_rng_state,
     make_loader,
     measure_baseline,
+    perfect_score,
     seed_everything,
     set_rng_state,
     to_device,
@@ -103,6 +105,7 @@ class Run:
     state: State
     loss_sum: torch.Tensor  # the training loss since the last evaluation
     loss_count: torch.Tensor
+    perfect: float | None = None  # the monitored metric's best possible value, if it has one
     log: MetricsLog | None = None  # rank 0
     progress: Progress | None = None
     record: dict | None = None
@@ -178,6 +181,7 @@ def setup(cfg, run_dir, rank, world_size, device, checkpoint) -> Run:
         state=State(),
         loss_sum=torch.zeros((), device=device),
         loss_count=torch.zeros((), device=device),
+        perfect=perfect_score(meta),
     )
     if checkpoint is not None:
         restore(run, checkpoint)
@@ -254,8 +258,9 @@ def fit(run: Run, signals: StopSignals, trial: Any = None) -> str:
         evaluated = evaluation_due(run.cfg, seen, len(loader), number)
         if evaluated:
             evaluate(run, trial)
-            if t.patience and state.bad_evals >= t.patience:
-                return "early_stopping"
+            stop = early_stop(state.bad_evals, state.best, run.cfg, run.perfect)
+            if stop:
+                return stop
         # After the step's evaluation, if it has one: a resumed run then misses none.
         (stop_asked,) = any_rank(signals.received, world_size=run.world_size, device=run.device)
         if stop_asked and number < t.max_steps:
@@ -331,7 +336,7 @@ def evaluate(run: Run, trial: Any = None) -> None:
     row = {"step": state.step, "epoch": state.epoch + 1, "lr": run.lr}
     row |= {"train/loss": train_loss.item(), **scores}
     state.last = row
-    if better(row, state.best):
+    if better(row, state.best, run.cfg.train.tie_delta):
         state.best, state.bad_evals = row, 0
     else:
         state.bad_evals += 1

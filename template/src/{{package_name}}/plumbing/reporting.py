@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm import tqdm
 
 from ..config import Config
@@ -27,6 +28,8 @@ STOP_REASONS = {
     "max_steps": "the step budget is spent ({steps} steps)",
     "epochs": "the epoch cap is reached ({epochs} epochs)",
     "early_stopping": "early stopping: {monitor} has not improved for {patience} evaluations",
+    "perfect": "done: {monitor} is perfect, and the validation loss fell by less than "
+    "{tie_delta} since the best evaluation",
 }
 
 
@@ -116,7 +119,7 @@ def summary(outcome: Outcome, cfg: Config) -> list[str]:
     t = cfg.train
     steps = outcome.last.get("step")
     reason = STOP_REASONS[outcome.reason].format(
-        steps=steps, epochs=t.epochs, monitor=MONITOR, patience=t.patience
+        steps=steps, epochs=t.epochs, monitor=MONITOR, patience=t.patience, tie_delta=t.tie_delta
     )
     baseline = outcome.baseline
     values = []
@@ -154,8 +157,8 @@ def plot_learning_curves(run_dir: Path) -> Path | None:
                 values.append(value)
     baseline = read_baseline(run_dir)
     best: dict[str, float] = {}
-    for row in rows:
-        if better(row, best):
+    for row in rows:  # as training chose best.ckpt
+        if better(row, best, tie_delta(run_dir)):
             best = row
     panels = [[key for key in curves if key.endswith("loss")]]
     panels += [[key] for key in curves if not key.endswith("loss") and key != "lr"]
@@ -210,6 +213,13 @@ def plot_learning_curves(run_dir: Path) -> Path | None:
         figure.savefig(tmp, dpi=100, format="png")
     plt.close(figure)
     return path
+
+
+def tie_delta(run_dir: Path) -> float:
+    """The run's train.tie_delta, from its config.yaml."""
+    path = run_dir / "config.yaml"
+    settings = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return float(settings.get("train", {}).get("tie_delta", 0.0))
 
 
 def spans_decades(values: list[float]) -> bool:

@@ -32,9 +32,9 @@ CHANGEABLE_ON_RESUME = {
     *(
         f"train.{key}"
         for key in (
-            "max_steps epochs lr weight_decay grad_clip patience eval_every accelerator devices "
-            "num_nodes precision compile num_workers logger tracking_uri group log_checkpoint "
-            "output_dir name"
+            "max_steps epochs lr weight_decay grad_clip patience tie_delta eval_every accelerator "
+            "devices num_nodes precision compile num_workers logger tracking_uri group "
+            "log_checkpoint output_dir name"
         ).split()
     ),
 }

@@ -169,6 +169,7 @@ def check(cfg: Config) -> None:
         (0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
         (t.accumulate >= 1, "train.accumulate must be at least 1"),
         (t.patience >= 0, "train.patience must be 0 (off) or more"),
+        (t.tie_delta >= 0, "train.tie_delta must be 0 or more"),
         (t.devices == -1 or t.devices >= 1, "train.devices must be -1 (all) or at least 1"),
         (t.num_nodes >= 1, "train.num_nodes must be at least 1"),
         (t.num_workers >= 0, "train.num_workers must be 0 or more"),

@@ -232,7 +232,8 @@ def stop_reporting(run: Run, error: BaseException | None = None) -> None:
     if run.log is None:
         return
     try:
-        plot_learning_curves(run.run_dir)
+        if not getattr(error, "at_once", False):  # a second Ctrl-C: no time for a plot
+            plot_learning_curves(run.run_dir)
     except Exception:
         if error is None:
             raise  # else the run's own error is the one to report

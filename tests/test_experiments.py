@@ -234,7 +234,9 @@ def test_mlflow_holds_the_run_and_a_resumed_run_continues_it(style, projects, tm
     assert (tags["task"], tags["framework"]) == ("tabular-regression", style)
     assert (tags["run_folder"], tags["commit"]) == ("runs/m", head)
     assert tags["mlflow.source.git.commit"] == head
-    assert tags["command"].endswith("train --logger mlflow --set train.eval_every=10 --name m")
+    assert tags["command"].endswith(
+        f"train {' '.join(logged)} --max-steps 20 train.log_checkpoint=true"
+    )
     files = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert files == {"config.yaml", "metrics.csv", "curves.png", "record.json", "checkpoints"}
     (checkpoint,) = client.list_artifacts(found.info.run_id, "checkpoints")

@@ -309,7 +309,8 @@ def test_switching_the_framework_both_ways_keeps_the_users_code(template, work, 
     with (src / "data.py").open("a") as file:
         file.write("\n\nOUR_DATA_NOTE = 'cleaned by us'\n")
     config = project / "configs" / "default.yaml"
-    config.write_text(re.sub(r"batch_size: \d+", "batch_size: 48", config.read_text()))
+    # The project's own default: the line uncommented, as its README says.
+    config.write_text(re.sub(r"# batch_size: \d+", "batch_size: 48", config.read_text()))
     commit_all(project, "our model, data and settings")
 
     engines = {"lightning": (src / "engine.py").read_text()}
@@ -330,7 +331,7 @@ def test_switching_the_framework_both_ways_keeps_the_users_code(template, work, 
         engines.setdefault(framework, (src / "engine.py").read_text())
         assert "def our_model_helper" in (src / "model.py").read_text()
         assert "OUR_DATA_NOTE = 'cleaned by us'" in (src / "data.py").read_text()
-        assert "batch_size: 48" in config.read_text()
+        assert "\n  batch_size: 48" in config.read_text()
         assert not list(project.rglob("*.rej"))
         commit_all(project, f"switched to {framework}")
 

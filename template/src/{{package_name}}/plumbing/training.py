@@ -76,7 +76,7 @@ class Interrupted(Exception):
 class Outcome:
     """How a run ended: why it stopped, its best and last evaluations, and its folder."""
 
-    reason: str  # "max_steps" | "epochs" | "early_stopping"
+    reason: str  # "max_steps" | "epochs" | "early_stopping" | "perfect"
     best: dict[str, float]
     last: dict[str, float]
     baseline: dict[str, Any] = field(default_factory=dict)
@@ -96,12 +96,15 @@ class Evaluations:
         """The evaluations of a checkpoint's progress."""
         return cls(progress["best"], progress["last"], progress["bad_evals"])
 
-    def add(self, row: dict[str, float]) -> None:
+    def add(self, row: dict[str, float], cfg: Config, perfect: float | None) -> str | None:
+        """Count an evaluation in; returns why early stopping ends the run after it, if it
+        does (see early_stop)."""
         self.last = row
-        if better(row, self.best):
+        if better(row, self.best, cfg.train.tie_delta):
             self.best, self.bad_evals = row, 0
         else:
             self.bad_evals += 1
+        return early_stop(self.bad_evals, self.best, cfg, perfect)
 
     @property
     def improved(self) -> bool:
@@ -109,17 +112,45 @@ class Evaluations:
         return bool(self.last) and self.bad_evals == 0
 
 
-def better(row: dict[str, float], best: dict[str, float] | None) -> bool:
+def better(row: dict[str, float], best: dict[str, float] | None, tie_delta: float = 0.0) -> bool:
     """Whether an evaluation beats the best so far: a better monitored metric, or an equal
-    one with a lower validation loss (accuracy ties often on small validation sets, and the
-    model that is more sure of its answers is the better one). Both engines, best.ckpt and
-    early stopping's patience follow this."""
+    one with a validation loss lower by more than `tie_delta` (train.tie_delta: accuracy ties
+    often on small validation sets, and the model that is surer of its answers is the better
+    one, when it is meaningfully surer). Both engines, best.ckpt and early stopping follow
+    this."""
     if not best:
         return True
     value, previous = row[MONITOR], best[MONITOR]
     if value == previous:
-        return row["val/loss"] < best["val/loss"]
+        return row["val/loss"] < best["val/loss"] - tie_delta
     return value > previous if MONITOR_MODE == "max" else value < previous
+
+
+def perfect_score(meta: dict) -> float | None:
+    """The best value the monitored metric can take, if it has one (val/acc: 1.0): the bound
+    that torchmetrics gives the metric of build_metrics that MONITOR names."""
+    metric = dict(build_metrics(meta).items()).get(MONITOR.removeprefix("val/"))
+    if metric is None:  # the validation loss, say: no bound
+        return None
+    bound = metric.plot_upper_bound if MONITOR_MODE == "max" else metric.plot_lower_bound
+    return None if bound is None else float(bound)
+
+
+def early_stop(
+    bad_evals: int, best: dict[str, float], cfg: Config, perfect: float | None
+) -> str | None:
+    """Whether early stopping ends the run after this evaluation, and why: `patience`
+    evaluations without a better one ("early_stopping"); or, once the monitored metric is
+    perfect, the first evaluation that is not better ("perfect"): patience waits for a better
+    score, and none can come. None: train on. Patience 0 turns both off."""
+    patience = cfg.train.patience
+    if not patience or bad_evals == 0:
+        return None
+    if bad_evals >= patience:
+        return "early_stopping"
+    if perfect is not None and best[MONITOR] == perfect:
+        return "perfect"
+    return None
 
 
 # --- data loading ----------------------------------------------------------------------

@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(args.project / "src"))
     (package,) = [p.name for p in (args.project / "src").iterdir() if (p / "cli.py").is_file()]
-    config = importlib.import_module(f"{package}.config")
+    config = importlib.import_module(f"{package}.plumbing.settings")
     overrides = {"train.accelerator": args.accelerator, "train.patience": 0, "train.logger": "csv"}
     overrides.update(config.parse_assignment(item) for item in args.settings)
     if args.kind == "reference":

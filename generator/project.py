@@ -6,6 +6,7 @@ Nothing here imports Copier, so `scaffold --help` stays quick.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -131,8 +132,41 @@ def update_ref(src: str, commit: str, requested: str | None) -> tuple[str | None
     return head, warning
 
 
+class AnswersError(Exception):
+    """The answers file cannot be read as answers; the message names it and the fix."""
+
+
 def read_answers(project: Path) -> dict:
-    return yaml.safe_load((project / ANSWERS_FILE).read_text(encoding="utf-8")) or {}
+    """The answers file's mapping; AnswersError when it is not one (broken by hand or a merge)."""
+    path = project / ANSWERS_FILE
+    restore = (
+        f"fix it, or restore a good version (`git log -p -- {ANSWERS_FILE}` shows them), "
+        "then commit"
+    )
+    try:
+        answers = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise AnswersError(f"{path} is not UTF-8 text: {restore}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "unreadable"
+        raise AnswersError(f"{path} is not valid YAML ({problem}{where}): {restore}") from None
+    if answers is None:
+        return {}
+    if not isinstance(answers, dict):
+        raise AnswersError(
+            f"{path} holds a {type(answers).__name__}, not the answers (`name: value` lines: "
+            f"_src_path, _commit and one per question): {restore}"
+        )
+    return answers
+
+
+def is_local_path(src: str) -> bool:
+    """Whether a recorded _src_path is a folder (not a URL like gh:, https://, git@...)."""
+    return not (
+        re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", src) or src.startswith(("gh:", "gl:", "git@"))
+    )
 
 
 def record_source(project: Path, url: str, ref: str) -> None:
@@ -198,6 +232,15 @@ def work_tree_of(path: Path) -> Path | None:
         return Path(git(folder, "rev-parse", "--show-toplevel"))
     except GitError:
         return None
+
+
+def is_tracked(repo: Path, name: str) -> bool:
+    """Whether git tracks this file of `repo`."""
+    try:
+        git(repo, "ls-files", "--error-unmatch", "--", name)
+    except GitError:
+        return False
+    return True
 
 
 def nearest_existing(path: Path) -> Path:
@@ -266,3 +309,31 @@ def conflict_markers(project: Path, files: list[str]) -> list[tuple[str, int, st
                     found.append((name, number, line.decode(errors="replace").rstrip()))
                     break
     return found
+
+
+def requirements(pyproject: Path) -> set[str] | None:
+    """What `pip install -e .` installs from a project's pyproject.toml: its dependencies,
+    each extra's, and its commands; None when the file cannot be read (conflict markers)."""
+    import tomllib
+
+    try:
+        table = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return None
+    found = set(table.get("dependencies", []))
+    for extra, packages in table.get("optional-dependencies", {}).items():
+        found |= {f"{package} (extra {extra})" for package in packages}
+    found |= {f"command {name}" for name in table.get("scripts", {})}
+    return found
+
+
+def reinstall_advice(before: set[str] | None, after: set[str] | None) -> str:
+    """Whether an updated project needs `pip install -e .` again, and why."""
+    command = "pip install -e . (with the extras you use, e.g. '.[dev]')"
+    if before is None or after is None:
+        return f"pyproject.toml has conflicts: once they are resolved, reinstall: {command}."
+    if before == after:
+        return "The dependencies are the same: no need to reinstall."
+    changes = [f"+{item}" for item in sorted(after - before)]
+    changes += [f"-{item}" for item in sorted(before - after)]
+    return f"The dependencies changed ({summary(changes)}): reinstall: {command}."

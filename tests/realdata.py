@@ -4,7 +4,9 @@ Nothing here is generated noise: the images are scikit-learn's bundled handwritt
 (saved at varied sizes, in varied modes and formats), the table its diabetes study, the
 texts the standard library's own docstrings (labelled by their package), and the language
 model's text 4 MB of the standard library's own source.
-Every machine set up as .ci/run does has them; nothing is downloaded.
+The tables with categories and blank cells are those plotnine and vega_datasets ship (the
+diamonds of ggplot2, the cars of the Vega datasets), read from their files without importing
+the packages. Every machine set up as .ci/run does has them; nothing is downloaded.
 
 Each builder writes the data in the format DESIGN.md gives for the task, and returns the
 --data path and a function that scores the classical baseline on the project's own split.
@@ -13,7 +15,9 @@ Each builder writes the data in the format DESIGN.md gives for the task, and ret
 from __future__ import annotations
 
 import csv
+import importlib.util
 import inspect
+import json
 import math
 import random
 import sys
@@ -185,6 +189,75 @@ def diabetes_baseline(path: Path) -> float:
     train, val = project_split(len(table))
     x, y = table[:, :-1], table[:, -1]
     return float(LinearRegression().fit(x[train], y[train]).score(x[val], y[val]))
+
+
+# --- tabular regression with categories and blank cells: tables other packages ship ---------
+
+
+def shipped(package: str, *parts: str) -> Path:
+    """A data file inside an installed package, found without importing the package (both
+    import plotting libraries that the tests do not install)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        raise RuntimeError(
+            f"{package} is not installed: run .ci/run's pip install --target .baselines"
+        )
+    return Path(spec.submodule_search_locations[0], *parts)
+
+
+def diamonds_csv(path: Path, rows: int = 3000) -> Path:
+    """3,000 of ggplot2's 53,940 diamonds (plotnine's diamonds.csv), drawn with a fixed seed
+    and kept in the file's order: the price from carat, cut, color, clarity (categories),
+    depth, table and the sizes x, y, z."""
+    with shipped("plotnine", "data", "diamonds.csv").open(newline="") as file:
+        reader = csv.reader(file)
+        header, lines = next(reader), list(reader)
+    keep = sorted(random.Random(0).sample(range(len(lines)), rows))
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(lines[i] for i in keep)
+    return path
+
+
+def cars_csv(path: Path) -> Path:
+    """The 406 cars of the Vega datasets (vega_datasets ships them as JSON): miles per gallon
+    from cylinders, displacement, horsepower (blank for 6 cars), weight, acceleration, model
+    year (a date) and origin (categories), beside each car's name; 8 have no miles per
+    gallon. Blank cells where the JSON has null."""
+    cars = json.loads(shipped("vega_datasets", "_data", "cars.json").read_text())
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(list(cars[0]))
+        writer.writerows(["" if value is None else value for value in car.values()] for car in cars)
+    return path
+
+
+def boosted_trees_r2(path: Path, target: str, numeric: list[str], categorical: list[str]) -> float:
+    """Validation R2 of scikit-learn's HistGradientBoostingRegressor, with its native support
+    of categories and blanks, on the project's split of the rows that have a target and on
+    the project's input columns (the run's schema)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    with path.open(newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row[target] != ""]
+    columns = [[float(row[name] or "nan") for row in rows] for name in numeric]
+    for name in categorical:  # each category as a code, a blank as missing
+        codes = {value: i for i, value in enumerate(sorted({row[name] for row in rows} - {""}))}
+        columns.append([codes.get(row[name], math.nan) for row in rows])
+    x, y = np.array(columns).T, np.array([float(row[target]) for row in rows])
+    train, val = project_split(len(rows))
+    trees = HistGradientBoostingRegressor(
+        categorical_features=list(range(len(numeric), len(columns))), random_state=0
+    )
+    return float(trees.fit(x[train], y[train]).score(x[val], y[val]))
+
+
+# Name, writer and target of each table; the baseline takes the columns the run used.
+TABLES = {
+    "diamonds": ("diamonds.csv", diamonds_csv, "price"),
+    "cars": ("cars.csv", cars_csv, "Miles_per_Gallon"),
+}
 
 
 # --- language modeling: the standard library's own source -----------------------------------

@@ -5,16 +5,19 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
+import tomllib
 
 import pexpect
 import pytest
 import yaml
-from conftest import COMBINATIONS
+from conftest import COMBINATIONS, REPO, make_template_repo, scaffold_from
 
 from generator import __version__
-from generator.questions import load_questions
+from generator.questions import MATRIX_AXES, load_questions
 
 
 def scaffold(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -48,6 +51,9 @@ def test_help_lists_a_flag_per_question_and_imports_no_framework(command):
         assert question.flag in result.stdout
         for choice in question.choices or ():
             assert choice in result.stdout
+    # Listed in copier.yml's order: the task, the framework and the hardware first.
+    listed = [re.search(rf"^  {q.flag} ", result.stdout, re.M).start() for q in load_questions()]
+    assert listed == sorted(listed)
 
 
 def test_version():
@@ -148,6 +154,31 @@ def test_in_a_terminal_a_missing_answer_is_asked_for(tmp_path):
     assert "demo train" in screen  # the message after copy: the next commands
 
 
+def test_the_three_questions_that_matter_come_first():
+    names = [question.name for question in load_questions()]
+    assert names[:3] == list(MATRIX_AXES) == ["task", "framework", "hardware"]
+    assert names.index("project_name") > names.index("hardware")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_in_a_terminal_task_framework_and_hardware_are_asked_first(tmp_path):
+    questions = load_questions()
+    prompts = {re.escape(q.help.split("(")[0].strip()): q.name for q in questions}
+    child = spawn_in_terminal("new", "proj", cwd=tmp_path)
+    asked = []
+    try:
+        while len(asked) < len(questions):
+            pending = [pattern for pattern, name in prompts.items() if name not in asked]
+            asked.append(prompts[pending[child.expect(pending)]])
+            child.send("\r")  # the proposed answer
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.logfile_read.getvalue()
+    assert asked == [q.name for q in questions]  # copier.yml's order
+    assert asked[:3] == list(MATRIX_AXES)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
 def test_in_a_terminal_the_name_prompt_proposes_the_folder_name(tmp_path):
     given = every_answer(but="project_name")
@@ -184,7 +215,7 @@ def test_in_a_terminal_with_every_answer_given_nothing_is_asked(tmp_path):
 @pytest.mark.parametrize(
     "args, says",
     [
-        (["--task", "imagenet"], "'imagenet' is not one of 'image-classification'"),
+        (["--task", "imagenet"], "--task': 'imagenet' is not one of 'image-classification', "),
         (["--hardware", "tpu"], "'tpu' is not one of 'cpu', 'gpu', 'multi-gpu', 'mps'"),
         (["--package-name", "class"], "'class' is a Python keyword"),
         (["--package-name", "torch"], "would shadow the standard library or a dependency"),
@@ -200,8 +231,17 @@ def test_a_bad_value_is_one_line_and_exit_2(tmp_path, args, says):
     assert result.stderr.startswith("error: ")
     assert result.stderr.count("\n") == 1, result.stderr
     assert says in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "Value error" not in result.stderr
     assert not (tmp_path / "proj").exists() or not any((tmp_path / "proj").iterdir())
+
+
+def test_update_names_a_bad_choice_the_same_way(tmp_path):
+    result = scaffold("update", str(tmp_path), "--task", "imagenet")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: Invalid value for '--task': 'imagenet' is not one of 'image-classification', "
+        "'text-classification', 'tabular-regression', 'language-modeling'.\n"
+    )
 
 
 def test_a_non_empty_destination_is_refused_and_left_alone(tmp_path):
@@ -304,6 +344,58 @@ def test_inside_another_work_tree_no_nested_repository_is_made(tmp_path):
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "outer/inner/.git").exists()
     assert "inside the git work tree" in result.stdout
+    # Said before writing, with the way to a repository of its own.
+    assert result.stderr == (
+        f"warning: inner is inside the git work tree {tmp_path / 'outer'}: the project will be "
+        "part of that repository (commit it there), with no repository of its own; for one, "
+        "make it outside, e.g. scaffold new ../inner\n"
+    )
+    # Uncommitted there, it cannot be updated: said in one line, with the fix.
+    result = scaffold("update", "inner", cwd=tmp_path / "outer")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"inner is not committed in the git repository {tmp_path / 'outer'}" in result.stderr
+    assert "commit it there, or move it out" in result.stderr
+
+
+def quick_start() -> list[str]:
+    """The commands of the README's "Generate a project and train it", as CI types them."""
+    section = (REPO / "README.md").read_text().split("## Generate a project and train it")[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [command for line in block.splitlines() for command in line.split(" && ")]
+
+
+def test_the_readme_quick_start_makes_a_project_of_its_own_beside_the_clone(tmp_path):
+    clone = make_template_repo(tmp_path / "torch-scaffold", f"v{__version__}")
+    (new,) = [shlex.split(c) for c in quick_start() if c.startswith("scaffold new ")]
+    (cd,) = [shlex.split(c) for c in quick_start() if c.startswith("cd ")]
+    result = scaffold_from(clone, *new[1:], cwd=clone)  # typed in the clone, after pip install
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+    project = (clone / cd[1]).resolve()
+    assert not project.is_relative_to(clone)
+    assert len(git_log(project)) == 1  # a repository of its own, with its first commit
+    command = tomllib.loads((project / "pyproject.toml").read_text())["project"]["name"]
+    assert f"{command} train" in quick_start()  # the command it made is the one trained
+    clean = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True
+    )
+    assert clean.stdout == ""  # the template's clone is left as it was
+
+
+def test_inside_its_own_template_checkout_scaffold_says_so_before_writing(tmp_path):
+    clone = make_template_repo(tmp_path / "torch-scaffold", f"v{__version__}")
+    # A refused answer stops before anything is written: the warning came first.
+    result = scaffold_from(clone, "new", "my-project", "--package-name", "class", cwd=clone)
+    assert result.returncode == 2
+    warning, error = result.stderr.splitlines()
+    assert warning == (
+        f"warning: my-project is inside {clone}, the torch-scaffold checkout this scaffold runs "
+        "from: the project will be untracked files of the template's repository, with no "
+        "repository of its own; to avoid that, make it outside: scaffold new ../my-project"
+    )
+    assert error.startswith("error: Invalid value for '--package-name'")
+    assert not (clone / "my-project").exists()
 
 
 def test_no_git_makes_no_repository(tmp_path):

@@ -146,7 +146,7 @@ def test_raw_ddp_equals_one_process_with_twice_the_batch(installed_project, tmp_
 
     def final_state(name: str) -> tuple[dict, dict]:
         checkpoint = torch.load(runs / name / "checkpoints" / "last.ckpt", weights_only=True)
-        return checkpoint["model"], checkpoint["state"]
+        return checkpoint["model"], checkpoint["progress"]
 
     one, one_state = final_state("one")
     assert one_state["step"] == 20

@@ -151,6 +151,9 @@ PACKAGE_NAMES = [
     ("my-package", "is not a package name"),
     ("foo\n", "control character"),
     ("class", "is a Python keyword"),
+    # Python imports these at every start of an environment that has them.
+    ("sitecustomize", "a module Python imports at every start"),
+    ("usercustomize", "a module Python imports at every start"),
     ("torch", "would shadow the standard library or a dependency"),
     ("os", "would shadow the standard library or a dependency"),
     ("torchgen", "would shadow a module installed here"),
@@ -219,6 +222,11 @@ TEXT_ANSWERS = [
     ("--author-email", "<ada@example.org>", "is not an e-mail address"),
     ("--author-email", "ada@example", "is not an e-mail address"),
     ("--author-email", "ada@example.org;x", "is not an e-mail address"),
+    # Bytes that are not UTF-8 ($'\xff' in a shell) reach Python as lone surrogates.
+    ("--description", "caf\udce9", "is not UTF-8 text"),
+    ("--author-name", "\udcff", "is not UTF-8 text"),
+    ("--author-email", "\udcff@example.org", "is not UTF-8 text"),
+    ("--name", "Caf\udce9", "is not UTF-8 text"),
 ]
 
 
@@ -232,6 +240,20 @@ def test_text_that_would_break_the_metadata_is_refused(
         "new", "proj", "--defaults", flag, value, monkeypatch=monkeypatch, capsys=capsys
     )
     assert_refused(code, err, flag, says)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="bytes in a command line are POSIX")
+@pytest.mark.parametrize("flag", ["--description", "--author-name", "--name", "DEST"])
+def test_an_argument_that_is_not_utf8_names_its_flag(flag, here):
+    # What `scaffold new x --description $'\xff'` passes: a byte that is not UTF-8.
+    args = ["new", b"caf\xe9"] if flag == "DEST" else ["new", "proj", flag, b"caf\xe9"]
+    result = subprocess.run(
+        [sys.executable, "-m", "generator", *args, "--defaults"],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
+    err = result.stderr.decode(errors="backslashreplace")
+    assert_refused(result.returncode, err, flag, "is not UTF-8 text")
 
 
 FOLDER_NAMES = [
@@ -284,14 +306,43 @@ def test_a_destination_in_a_read_only_folder_is_refused(tmp_path, monkeypatch, c
     assert not any(locked.iterdir())
 
 
-def test_plain_copier_copy_ends_with_the_validators_message(template_copy, tmp_path):
-    result = subprocess.run(
+def copier_copy(template, dest, *data: str) -> subprocess.CompletedProcess:
+    """Plain `copier copy --defaults` with these --data values (exit code unchecked)."""
+    return subprocess.run(
         [sys.executable, "-m", "copier", "copy", "--defaults", "--quiet"]
-        + ["--data", "author_email=nobody", str(template_copy), str(tmp_path / "proj")],
+        + [arg for value in data for arg in ("--data", value)]
+        + [str(template), str(dest)],
         capture_output=True,
         text=True,
+        errors="backslashreplace",
         stdin=subprocess.DEVNULL,
     )
+
+
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        ("author_email=nobody", "'nobody' is not an e-mail address"),
+        ("task=imagenet", "'imagenet' is not in ['image-classification', "),
+        ("package_name=sitecustomize", "a module Python imports at every start"),
+        ("package_name=usercustomize", "a module Python imports at every start"),
+        (b"description=caf\xe9", "the description is not UTF-8 text"),
+    ],
+)
+def test_plain_copier_copy_ends_with_the_validators_message(data, says, template_copy, tmp_path):
+    if isinstance(data, bytes) and os.name != "posix":
+        pytest.skip("bytes in a command line are POSIX")
+    result = copier_copy(template_copy, tmp_path / "proj", data)
+    assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert "'nobody' is not an e-mail address" in last, result.stderr
+    assert says in last and "Value error" not in last, result.stderr
+    assert not (tmp_path / "proj").exists()
+
+
+@pytest.mark.parametrize("name", ["_folder_name", "_copier_conf", "_copier_python"])
+def test_copier_copy_given_one_of_copiers_own_names_writes_nothing(name, template_copy, tmp_path):
+    # Copier fails on these before any question (a TypeError in its render context), so
+    # copier.yml cannot refuse them itself: the README says so. Nothing may be written.
+    result = copier_copy(template_copy, tmp_path / "proj", f"{name}=x")
+    assert result.returncode != 0
     assert not (tmp_path / "proj").exists()

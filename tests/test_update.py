@@ -168,7 +168,8 @@ def test_an_overlapping_edit_is_a_named_conflict_that_training_reports(template,
         [
             sys.executable,
             "-c",
-            "from proj.config import load_config\n" "load_config('configs/default.yaml')",
+            "from proj.plumbing.settings import load_config\n"
+            "load_config(['configs/default.yaml'])",
         ],
         cwd=project,
         env={"PYTHONPATH": str(project / "src")},
@@ -204,23 +205,72 @@ def test_a_dirty_template_checkout_renders_its_last_commit_and_the_project_updat
 
 
 def test_a_commit_that_the_checkout_lacks_is_one_line(template, work):
-    # Plain `copier copy` of a dirty checkout's HEAD records a commit of its temporary clone.
-    (template / "template" / "NOTES.md").write_text("draft\n")
-    run(
-        [sys.executable, "-m", "copier", "copy", "--defaults", "--quiet", "--vcs-ref", "HEAD"]
-        + [str(template), "proj"],
-        cwd=work,
-        stdin=subprocess.DEVNULL,
-    )
+    # What a project made by plain `copier copy` of a dirty checkout's HEAD recorded before
+    # copier.yml refused it: a commit of Copier's temporary clone.
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
     project = work / "proj"
-    git("init", "--quiet", cwd=project)
-    commit_all(project, "generated")
+    recorded = answers(project)
+    recorded["_commit"] = "0123456789abcdef0123456789abcdef01234567"
+    (project / ".copier-answers.yml").write_text(yaml.safe_dump(recorded))
+    commit_all(project, "made from a draft")
 
     result = scaffold_from(template, "update", "proj", cwd=work)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert "which" in result.stderr and "does not have" in result.stderr
     assert "set _commit in .copier-answers.yml" in result.stderr
+
+
+def copier_copy(*args: str, cwd) -> subprocess.CompletedProcess:
+    """Plain `copier copy --defaults --quiet ARGS` (exit code unchecked)."""
+    return run(
+        [sys.executable, "-m", "copier", "copy", "--defaults", "--quiet", *args],
+        cwd=cwd,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize("case", ["--vcs-ref HEAD", "no release tag"])
+def test_copier_copy_of_a_dirty_checkout_is_refused_rather_than_recorded(case, template, work):
+    # Copier would commit the changes in its temporary clone and record that commit, which
+    # `copier update` cannot find later (ValueError: Unknown revision).
+    gitignore = template / "template" / ".gitignore"
+    gitignore.write_text(gitignore.read_text() + "dirty/\n")
+    (template / "my-project").mkdir()  # a project made inside the clone: untracked files
+    (template / "my-project" / "notes.txt").write_text("mine\n")
+    if case == "no release tag":
+        git("tag", "--delete", TAG, cwd=template)
+        args = [str(template), "proj"]
+    else:
+        args = ["--vcs-ref", "HEAD", str(template), "proj"]
+
+    result = copier_copy(*args, cwd=work)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"the template checkout {template} has uncommitted changes" in last, result.stderr
+    assert f"without them: --vcs-ref $(git -C {template} rev-parse HEAD)" in last
+    assert not (work / "proj").exists()
+
+    head = git("rev-parse", "HEAD", cwd=template).strip()
+    made = copier_copy("--vcs-ref", head, str(template), "proj", cwd=work)  # the way out
+    assert made.returncode == 0, made.stderr
+    assert "dirty/" not in (work / "proj" / ".gitignore").read_text()
+    git("rev-parse", "--verify", answers(work / "proj")["_commit"], cwd=template)  # it exists
+
+
+def test_copier_copy_of_a_dirty_tagged_checkout_takes_the_release(template, work):
+    gitignore = template / "template" / ".gitignore"
+    gitignore.write_text(gitignore.read_text() + "dirty/\n")
+    result = run(
+        [sys.executable, "-m", "copier", "copy", "--defaults", str(template), "proj"],
+        cwd=work,
+        stdin=subprocess.DEVNULL,
+    )
+    # Copier names the release, not a version like 0.0.0.post75.dev0+g1234abc.
+    assert f"Copying from template version {__version__}\n" in result.stderr
+    assert answers(work / "proj")["_commit"] == TAG
+    assert "dirty/" not in (work / "proj" / ".gitignore").read_text()
 
 
 @pytest.mark.parametrize("case", ["dirty", "not a project", "not a repository"])
@@ -259,7 +309,8 @@ def test_switching_the_framework_both_ways_keeps_the_users_code(template, work, 
     with (src / "data.py").open("a") as file:
         file.write("\n\nOUR_DATA_NOTE = 'cleaned by us'\n")
     config = project / "configs" / "default.yaml"
-    config.write_text(re.sub(r"batch_size: \d+", "batch_size: 48", config.read_text()))
+    # The project's own default: the line uncommented, as its README says.
+    config.write_text(re.sub(r"# batch_size: \d+", "batch_size: 48", config.read_text()))
     commit_all(project, "our model, data and settings")
 
     engines = {"lightning": (src / "engine.py").read_text()}
@@ -270,12 +321,17 @@ def test_switching_the_framework_both_ways_keeps_the_users_code(template, work, 
             result.stdout
         )
         assert answers(project)["framework"] == framework
+        # Whether to reinstall: lightning is a dependency of one engine only.
+        change = "+lightning>=2.4" if framework == "lightning" else "-lightning>=2.4"
+        assert f"The dependencies changed ({change}): reinstall: pip install -e ." in (
+            result.stdout
+        )
         pyproject = (project / "pyproject.toml").read_text()
         assert ('"lightning>=' in pyproject) == (framework == "lightning")
         engines.setdefault(framework, (src / "engine.py").read_text())
         assert "def our_model_helper" in (src / "model.py").read_text()
         assert "OUR_DATA_NOTE = 'cleaned by us'" in (src / "data.py").read_text()
-        assert "batch_size: 48" in config.read_text()
+        assert "\n  batch_size: 48" in config.read_text()
         assert not list(project.rglob("*.rej"))
         commit_all(project, f"switched to {framework}")
 
@@ -299,7 +355,112 @@ def test_a_project_that_records_no_template_version_is_one_line(template, work):
     commit_all(project, "as an older scaffold made it")
 
     result = scaffold_from(template, "update", "proj", cwd=work)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert "does not say which template version made the project" in result.stderr
     assert "_commit" in result.stderr
+
+
+def git_status(project) -> str:
+    return git("status", "--porcelain", cwd=project)
+
+
+def assert_one_line(result, *says: str) -> None:
+    """A refusal the user can fix: exit code 2, one line, no traceback."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    for text in says:
+        assert text in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "name, value, says",
+    [
+        ("package_name", "class", "'class' is a Python keyword"),
+        ("hardware", "tpu", "'tpu' is not in ['cpu', 'gpu', 'multi-gpu', 'mps']"),
+    ],
+)
+def test_a_bad_answer_in_the_answers_file_is_blamed_on_that_file(name, value, says, template, work):
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
+    project = work / "proj"
+    recorded = answers(project)
+    recorded[name] = value  # edited by hand
+    (project / ".copier-answers.yml").write_text(yaml.safe_dump(recorded))
+    commit_all(project, "edited by hand")
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    # The version that made the project refuses it too: no flag can help, the file must change.
+    assert_one_line(result, f"{name} in proj/.copier-answers.yml: {says}", f"fix {name} there")
+    assert "--name" not in result.stderr
+    assert git_status(project) == "" and answers(project)[name] == value  # nothing written
+
+
+def test_an_answer_the_new_release_refuses_is_never_replaced_silently(template, work):
+    # An older release took package_name sitecustomize; the next one refuses it.
+    copier_yml = template / "copier.yml"
+    rule = "package_name | lower in ['sitecustomize', 'usercustomize']"
+    assert rule in copier_yml.read_text()
+    copier_yml.write_text(copier_yml.read_text().replace(rule, "false"))
+    commit_all(template, "an older release")
+    made = scaffold_from(template, "new", "proj", "--package-name", "sitecustomize", cwd=work)
+    assert made.returncode == 0, made.stderr
+    project = work / "proj"
+    copier_yml.write_text(copier_yml.read_text().replace("elif false", f"elif {rule}"))
+    commit_all(template, "sitecustomize refused")
+    git("tag", NEXT_TAG, cwd=template)
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    assert_one_line(
+        result,
+        "package_name in proj/.copier-answers.yml: 'sitecustomize' is a module Python imports",
+        "pass --package-name NAME",
+    )
+    assert "--name" not in result.stderr
+    assert git_status(project) == "" and answers(project)["package_name"] == "sitecustomize"
+
+    result = scaffold_from(template, "update", "proj", "--package-name", "proj_pkg", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "package_name sitecustomize -> proj_pkg" in result.stdout
+    assert (project / "src" / "proj_pkg" / "cli.py").is_file()
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("_commit: v1\n_src_path: [unclosed\n", "is not valid YAML ("),
+        ("- task\n- framework\n", "holds a list, not the answers"),
+    ],
+    ids=["broken", "list"],
+)
+def test_an_answers_file_that_is_not_answers_is_one_line(text, says, template, work):
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
+    project = work / "proj"
+    (project / ".copier-answers.yml").write_text(text)
+    commit_all(project, "broken by a bad merge")
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    assert_one_line(result, f"proj/.copier-answers.yml {says}", "restore a good version")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_template_folder_that_is_gone_is_named_with_the_fix(template, work):
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
+    project = work / "proj"
+    recorded = answers(project)
+    recorded["_src_path"] = str(work / "moved-away" / "torch-scaffold")
+    (project / ".copier-answers.yml").write_text(yaml.safe_dump(recorded))
+    commit_all(project, "the template checkout moved")
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    assert_one_line(
+        result,
+        f"records the template at {work / 'moved-away' / 'torch-scaffold'} (_src_path)",
+        "set _src_path to a torch-scaffold checkout, or to its git URL",
+    )
+
+
+def test_an_unknown_vcs_ref_is_blamed_on_the_flag(template, work):
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
+    result = scaffold_from(template, "update", "proj", "--vcs-ref", "v9.9.9", cwd=work)
+    assert_one_line(result, "'--vcs-ref': the template", "has no tag or commit 'v9.9.9'")
+    assert git_status(work / "proj") == ""

@@ -14,7 +14,7 @@ import yaml
 from conftest import REPO, git, make_template_repo, make_venv, run
 
 from generator import __version__
-from generator.project import TEMPLATE_URL_ENV
+from generator.project import TEMPLATE_URL_ENV, release_tag
 from generator.questions import template_root
 
 TAG = f"v{__version__}"
@@ -44,6 +44,7 @@ def installed_scaffold(wheel_template, tmp_path_factory) -> Path:
         timeout=300,
     )
     (wheel,) = root.glob("torch_scaffold-*.whl")
+    assert wheel.name.startswith(f"torch_scaffold-{__version__}-")  # the release's version
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     bundled = {
@@ -153,3 +154,22 @@ def test_copier_copy_from_a_path_and_a_git_url_give_the_same_project(tmp_path, m
     assert from_path == from_url
     assert "src/same/engine.py" in from_path
     assert template_root() == REPO
+
+
+def test_the_release_tag_is_one_copier_takes_as_this_version():
+    from packaging.version import InvalidVersion, Version
+
+    assert release_tag() == TAG == f"v{__version__}"
+    version = Version(TAG)  # Copier reads tags as PEP 440 versions: the v is allowed
+    assert version == Version(__version__)
+    assert not version.is_prerelease and not version.is_devrelease  # Copier skips those
+    assert not version.local
+    # A release tag of this repository, where there is one, never runs ahead of the code.
+    if (REPO / ".git").exists():
+        releases = []
+        for tag in run(["git", "tag", "--list", "v*"], cwd=REPO).stdout.split():
+            try:
+                releases.append(Version(tag))
+            except InvalidVersion:  # not a release: Copier ignores it too
+                continue
+        assert all(release <= version for release in releases), releases

@@ -51,19 +51,26 @@ def text_csv(path: Path, rows: int = 400, seed: int = 0) -> Path:
 
 
 def table_csv(path: Path, rows: int = 600, seed: int = 0) -> Path:
-    """Numeric columns a, b, c and the target `price` = 3a - 2b + c**2 + noise."""
+    """Columns of every kind: an id, numbers a, b and c (c blank on a twentieth of the rows),
+    a district, and the target `price` = 3a - 2b + c**2 + the district's share + noise,
+    blank on one row in a hundred (such rows are skipped)."""
     rng = random.Random(seed)
+    districts = {"north": -1.5, "south": 0.0, "east": 1.0, "west": 2.0}
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["a", "b", "c", "price"])
-        for _ in range(rows):
+        writer.writerow(["id", "a", "b", "c", "district", "price"])
+        for i in range(rows):
             a, b, c = (rng.gauss(0, 1) for _ in range(3))
+            district = rng.choice(list(districts))
+            price = 3 * a - 2 * b + c * c + districts[district] + rng.gauss(0, 0.1)
             writer.writerow(
                 [
+                    f"house-{seed}-{i}",
                     f"{a:.4f}",
                     f"{b:.4f}",
-                    f"{c:.4f}",
-                    f"{3 * a - 2 * b + c * c + rng.gauss(0, 0.1):.4f}",
+                    "" if rng.random() < 0.05 else f"{c:.4f}",
+                    district,
+                    "" if i % 100 == 7 else f"{price:.4f}",
                 ]
             )
     return path

@@ -18,9 +18,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from .config import Config, ConfigError, UserError
-from .hardware import global_rank
-from .splits import split_indices
+from .config import Config
+from .plumbing import ConfigError, UserError
+from .plumbing.hardware import global_rank
+from .plumbing.splits import split_indices
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 BUILT_IN_SIZE = 32  # the side of the built-in shapes
@@ -131,6 +132,8 @@ class ImageFolder(Dataset):
             files = sorted(
                 path for path in (root / name).glob("*") if path.suffix.lower() in IMAGE_SUFFIXES
             )
+            if not (root / name).is_dir() and not missing_ok:  # val/ without a class
+                raise DataError(f"{root / name} is missing: add it, with images of {name}")
             if not files and not missing_ok:
                 raise DataError(f"{root / name} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             self.samples += [(path, label) for path in files]
@@ -282,16 +285,36 @@ def make_shapes(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
 # --- predict and export --------------------------------------------------------------
 
 
-def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[str]:
-    """The most likely class of each image file, with its probability."""
-    images = torch.stack([load_image(path, meta["image_size"]) for path in inputs])
-    with torch.no_grad():
-        probabilities = model(images).softmax(dim=-1)
-    top = probabilities.max(dim=-1)
-    return [
-        f"{path}: {meta['classes'][label]} ({p:.2f})"
-        for path, label, p in zip(inputs, top.indices.tolist(), top.values.tolist(), strict=True)
-    ]
+def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[dict]:
+    """The most likely class of each image, with its probability: a row per image. An input
+    is an image file, or a folder: every image in it and its sub-folders."""
+    paths = [path for given in inputs for path in images_of(Path(given))]
+    rows = []
+    for start in range(0, len(paths), 256):  # a folder of any size, in batches
+        batch = paths[start : start + 256]
+        images = torch.stack([load_image(path, meta["image_size"]) for path in batch])
+        with torch.no_grad():
+            top = model(images).softmax(dim=-1).max(dim=-1)
+        labels = [meta["classes"][i] for i in top.indices.tolist()]
+        for path, label, p in zip(batch, labels, top.values.tolist(), strict=True):
+            rows.append({"path": str(path), "predicted": label, "probability": round(p, 4)})
+    return rows
+
+
+def images_of(path: Path) -> list[Path]:
+    """An image file, or the images in a folder and its sub-folders, sorted."""
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise DataError(
+                f"{path} is a folder without images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                "predict takes image files, or folders that hold them"
+            )
+        return found
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; predict takes image files, or folders of them")
+    check_image(path)
+    return [path]
 
 
 def example_inputs(meta: dict) -> tuple[tuple[torch.Tensor, ...], dict]:

@@ -198,7 +198,7 @@ class ClassPrior(nn.Module):
         super().__init__()
         self.register_buffer("logits", torch.tensor(counts, dtype=torch.float).add(1).log())
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, *more_inputs: torch.Tensor) -> torch.Tensor:
         return self.logits.expand(len(inputs), -1)
 
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-from {{ package_name }}.config import load_config
 from {{ package_name }}.data import (  # one name a line: the package name may be long
     DataError,
     build_datasets,
@@ -15,6 +14,7 @@ from {{ package_name }}.data import (  # one name a line: the package name may b
     predict,
 )
 from {{ package_name }}.model import build_model
+from {{ package_name }}.plumbing.settings import load_config
 
 
 def write_images(root, classes=("cat", "dog"), per_class=4):
@@ -92,8 +92,17 @@ def test_predict_names_a_class(tmp_path):
     cfg = load_config(overrides={"data.path": str(tmp_path)})
     _, _, meta = build_datasets(cfg)
     model = build_model(cfg, meta).eval()
-    (line,) = predict(model, [str(tmp_path / "cat" / "0.png")], meta)
-    assert line.split(": ")[1].split(" ")[0] in meta["classes"]
+    (row,) = predict(model, [str(tmp_path / "cat" / "0.png")], meta)
+    assert row["path"] == str(tmp_path / "cat" / "0.png")
+    assert row["predicted"] in meta["classes"] and 0 < row["probability"] <= 1
+    # A folder: every image in it and its sub-folders; a folder without any is refused.
+    rows = predict(model, [str(tmp_path)], meta)
+    assert sorted(row["path"] for row in rows) == sorted(
+        str(path) for path in tmp_path.rglob("*.png")
+    )
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="is a folder without images"):
+        predict(model, [str(tmp_path / "empty")], meta)
 
 
 def test_bad_data_is_a_clear_error(tmp_path):

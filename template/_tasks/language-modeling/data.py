@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .config import Config, ConfigError, UserError
-from .hardware import global_rank
+from .config import Config
+from .plumbing import ConfigError, UserError
+from .plumbing.hardware import global_rank
 
 SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "a small bird", "the teacher"]
 VERBS = ["sees", "likes", "finds", "chases", "watches", "draws"]
@@ -175,6 +176,8 @@ class Text:
         if self.path is not None:
             if not self.path.is_file():
                 problem = "is a folder" if self.path.is_dir() else "does not exist"
+                if self.path.exists() and not self.path.is_dir():  # a named pipe, a device...
+                    problem = "is not a regular file (a named pipe, a device...)"
                 raise DataError(
                     f"{self.path} {problem}; language-modeling expects a UTF-8 text file"
                 )

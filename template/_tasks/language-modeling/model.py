@@ -14,7 +14,8 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.text import Perplexity
 
-from .config import Config, ConfigError
+from .config import Config
+from .plumbing import ConfigError
 
 MONITOR, MONITOR_MODE = "val/loss", "min"  # the best checkpoint has the lowest loss
 BASELINE = "unigram"  # what a model that learned nothing scores; see build_baseline

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from {{ package_name }} import data
-from {{ package_name }}.config import load_config
 from {{ package_name }}.data import DataError, build_datasets, load_dataset, predict
 from {{ package_name }}.model import build_model
-from {{ package_name }}.training import make_loader
+from {{ package_name }}.plumbing.settings import load_config
+from {{ package_name }}.plumbing.training import make_loader
 
 POEM = "the quick brown fox jumps over the lazy dog\n"
 

@@ -1,105 +1,149 @@
-"""Data for tabular regression: a built-in table, or your CSV file of numeric columns.
+"""Data for tabular regression: a built-in table, or your CSV file of numbers and text.
 
-Your data: a CSV file with a header, numeric columns only; the column named `target` (or
---target NAME) is predicted from all the others. The inputs' and target's means and
-standard deviations come from the training split and are saved with the checkpoint.
+Your data: a CSV file with a header; the column named `target` (or --target NAME) is
+predicted from the others. Each column's kind comes from the data: a column of numbers is
+a numeric input, a column of text a categorical one, and a column that cannot help (an id,
+a constant) is ignored; data.categorical and data.ignore override. Blank cells are allowed.
+The schema (kinds, categories, medians, scaling) comes from the training rows, is printed
+once and saved with the checkpoint: evaluate, predict and export encode rows with it.
+
+pyarrow reads the file (a million rows in seconds, where the standard library's csv module
+takes many times longer and gigabytes of memory); every cell is read as text, and the
+columns whose cells are all numbers become numbers.
 """
 
 from __future__ import annotations
 
 import csv
-import math
+import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
-from .config import Config, UserError
-from .splits import split_indices
+from .config import Config
+from .plumbing import UserError
+from .plumbing.hardware import global_rank
+from .plumbing.splits import split_indices
+
+# The index of each categorical input: OTHER for a category seen on fewer than
+# data.min_category_count training rows or never seen in training, MISSING for a blank
+# cell, then 2, 3... for the categories of meta["categorical"][column], in order.
+OTHER, MISSING = 0, 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# What a number looks like, to tell a column of numbers with a stray word (an error to fix)
+# from a column of text (categorical).
+NUMBER = r"(?i)^[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|nan|inf|infinity)$"
 
 
 class DataError(UserError):
     """Missing, empty or malformed data; the message names the file and the fix."""
 
 
-def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Dataset, dict]:
-    """Training and validation sets, and the metadata the model needs (columns, scaling).
+class Rows(Dataset):
+    """Encoded rows: ((numeric, categorical), target) for each index.
 
-    The scaling statistics come from the training split alone; a checkpoint's `meta` is
-    reused.
+    numeric: float inputs with NaN for blank cells (the model fills them in); categorical:
+    category indices (see OTHER and MISSING).
     """
+
+    def __init__(self, numeric: torch.Tensor, categorical: torch.Tensor, targets: torch.Tensor):
+        self.numeric, self.categorical, self.targets = numeric, categorical, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return (self.numeric[i], self.categorical[i]), self.targets[i]
+
+
+def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Dataset, dict]:
+    """Training and validation sets, and the schema the model needs.
+
+    Without `meta`, the schema is inferred from the training rows and printed; a
+    checkpoint's `meta` is reused, so that its validation split is encoded as in training.
+    """
+    target = meta["target"] if meta else cfg.data.target
     if cfg.data.path is None:
-        columns, x, y = make_table(2000, cfg.train.seed)
+        where, table = "the built-in table", make_table(2000, cfg.train.seed, target)
     else:
-        columns, x, y = read_csv(Path(cfg.data.path), cfg.data.target)
+        where = cfg.data.path
+        columns = None if meta is None else [*meta["numeric"], *meta["categorical"]]
+        table = read_table(Path(where), target, columns)
+    y, rows, skipped = numeric_target(table, target, where)
+    table = table.filter(pa.array(~np.isnan(y))) if skipped else table
+    y = y[rows]
     if len(y) < 4:
         raise DataError(
-            f"{cfg.data.path} has too few rows ({len(y)}); tabular-regression needs at least 4 "
+            f"{where} has too few rows ({len(y)}); tabular-regression needs at least 4 "
             "(two to train on, two to validate)"
         )
     # Two rows at least on each side: R2 needs two to validate, the scaling two to train.
     train_rows, val_rows = split_indices(len(y), cfg, min_val=2)
     if len(train_rows) < 2:
         raise DataError(
-            f"{cfg.data.path}: --val-split {cfg.data.val_split} leaves fewer than two rows to "
+            f"{where}: --val-split {cfg.data.val_split} leaves fewer than two rows to "
             "train on; lower it"
         )
-    if meta is None and bool((y == y[0]).all()):
-        raise DataError(
-            f"{cfg.data.path}: column '{cfg.data.target}' has the same value, {y[0].item():g}, "
-            "on every row: there is nothing to learn; is it the right --target?"
-        )
+    converted = None  # the columns infer_schema converted already
     if meta is None:
-        x_train, y_train = x[train_rows], y[train_rows]
-        meta = {
-            "columns": columns,
-            "target": cfg.data.target,
-            "x_mean": x_train.mean(dim=0).tolist(),
-            "x_std": x_train.std(dim=0).clamp(min=1e-6).tolist(),
-            "y_mean": y_train.mean().item(),
-            "y_std": y_train.std().clamp(min=1e-6).item(),
-        }
-    elif meta["columns"] != columns:
-        raise DataError(
-            f"the data has input columns {columns}, the checkpoint {meta['columns']}; "
-            "use data with the same columns"
-        )
+        if (y == y[0]).all():
+            raise DataError(
+                f"{where}: column '{target}' has the same value, {y[0]:g}, on every row: "
+                "there is nothing to learn; is it the right --target?"
+            )
+        meta, converted = infer_schema(table, target, y, rows, train_rows.numpy(), cfg, where)
+        if global_rank() == 0:
+            if skipped:
+                print(f"skipped {skipped} rows of {where} with a blank '{target}'")
+            print(describe_schema(meta))
+    numeric, categorical = encode(table, meta, where, rows, converted)
+    targets = torch.from_numpy(y.astype(np.float32))
     return (
-        TensorDataset(x[train_rows], y[train_rows]),
-        TensorDataset(x[val_rows], y[val_rows]),
+        Rows(numeric[train_rows], categorical[train_rows], targets[train_rows]),
+        Rows(numeric[val_rows], categorical[val_rows], targets[val_rows]),
         meta,
     )
 
 
 def load_dataset(path: str | Path, cfg: Config, meta: dict) -> Dataset:
-    """Every row of a CSV file, for `evaluate --data`."""
-    columns, x, y = read_csv(Path(path), meta["target"], meta["columns"])
-    if len(y) < 2:
-        raise DataError(f"{path} has {len(y)} row; R2 needs at least two to evaluate")
-    return TensorDataset(x, y)
+    """Every row of a CSV file that has a target, for `evaluate --data`."""
+    target = meta["target"]
+    table = read_table(Path(path), target, [*meta["numeric"], *meta["categorical"]])
+    y, rows, skipped = numeric_target(table, target, path)
+    if len(rows) < 2:
+        raise DataError(f"{path} has {len(rows)} row with a '{target}'; R2 needs at least two")
+    if skipped:
+        table = table.filter(pa.array(~np.isnan(y)))
+        print(f"skipped {skipped} rows of {path} with a blank '{target}'", file=sys.stderr)
+    numeric, categorical = encode(table, meta, path, rows)
+    return Rows(numeric, categorical, torch.from_numpy(y[rows].astype(np.float32)))
 
 
-def read_csv(
-    path: Path, target: str, columns: list[str] | None = None, need_target: bool = True
-) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """Input columns, inputs (n, d) and targets (n,) of a CSV file of numbers.
+# --- reading a CSV file ------------------------------------------------------------------
 
-    `columns` picks and orders the inputs (those the model was trained on); by default
-    every column but the target is one.
+
+def read_table(
+    path: Path,
+    target: str,
+    columns: list[str] | None = None,
+    need_target: bool = True,
+) -> pa.Table:
+    """The cells of a CSV file as text (None for a blank cell), one column each.
+
+    `columns` picks the inputs (those a model was trained on), by default every column;
+    the target is read as well, unless `need_target` is False (predict).
     """
     if not path.is_file():
         problem = "is a folder" if path.is_dir() else "does not exist"
+        if path.exists() and not path.is_dir():  # a named pipe, a device...
+            problem = "is not a regular file (a named pipe, a device...)"
         raise DataError(f"{path} {problem}; tabular-regression expects a CSV file")
-    try:
-        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name.
-        with path.open(newline="", encoding="utf-8-sig") as file:
-            reader = csv.DictReader(file)
-            header = reader.fieldnames or []
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"{path} is not a readable UTF-8 CSV file ({error})") from None
-    except OSError as error:
-        raise DataError(f"cannot read {path}: {error.strerror}") from None
+    header = read_header(path)
     twice = sorted({name for name in header if header.count(name) > 1})
     if twice:
         raise DataError(f"{path}: the header names column {twice[0]!r} twice; rename one")
@@ -109,65 +153,366 @@ def read_csv(
             f"got columns {','.join(header) or '(none)'}"
         )
     if columns is None:
-        columns = [name for name in header if name != target]
-    missing = [name for name in columns if name not in header]
-    if missing or not columns:
-        raise DataError(f"{path}: missing input columns {missing or '(none at all)'}")
-    if not rows:
+        columns = [name for name in header if need_target or name != target]
+    else:
+        missing = [name for name in columns if name not in header]
+        if missing:
+            raise DataError(
+                f"{path}: missing input columns {missing}; the model needs the columns it "
+                f"was trained on: {', '.join(columns)}"
+            )
+        columns = columns + [target] * need_target
+    options = pa_csv.ConvertOptions(
+        column_types={name: pa.string() for name in header},
+        include_columns=columns,
+        null_values=[""],  # blank cells, quoted or not, are missing values
+        strings_can_be_null=True,
+    )
+    try:
+        try:
+            table = pa_csv.read_csv(path, convert_options=options)
+        except pa.ArrowInvalid:
+            # A line break in a quoted cell (the csv module allows them) that fell between
+            # the blocks pyarrow reads in parallel: read again without splitting there.
+            newlines = pa_csv.ParseOptions(newlines_in_values=True)
+            table = pa_csv.read_csv(path, parse_options=newlines, convert_options=options)
+    except pa.ArrowInvalid as error:
+        raise locate_problem(path, header, error) from None
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+    if table.num_rows == 0:
         raise DataError(f"{path} has a header but no rows")
-    wanted = columns + ([target] if need_target else [])
-    values = torch.empty(len(rows), len(wanted))
-    largest = torch.finfo(values.dtype).max
-    for i, row in enumerate(rows):
-        if None in row:  # more fields than the header
-            raise DataError(
-                f"{path}: line {i + 2} has {len(header) + len(row[None])} fields, the header "
-                f"{len(header)}; quote values that contain commas"
-            )
-        if None in row.values():  # fewer
-            fields = len(header) - list(row.values()).count(None)
-            raise DataError(
-                f"{path}: line {i + 2} has {fields} fields, the header {len(header)}; "
-                "every row needs a value in each column"
-            )
-        for j, name in enumerate(wanted):
-            try:
-                value = float(row[name])
-            except ValueError:
+    return table
+
+
+def read_header(path: Path) -> list[str]:
+    try:
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name.
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            return next(csv.reader(file), [])
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path} is not a readable UTF-8 CSV file ({error})") from None
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror}") from None
+
+
+def locate_problem(path: Path, header: list[str], error: Exception) -> DataError:
+    """The one-line error for a file that pyarrow refused: the csv module finds the line."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            reader = csv.reader(file)
+            next(reader)
+            for row in reader:
+                if row and len(row) != len(header):
+                    fix = (
+                        "quote values that contain commas"
+                        if len(row) > len(header)
+                        else "every row needs a value in each column (blank ones may be empty)"
+                    )
+                    return DataError(
+                        f"{path}: line {reader.line_num} has {len(row)} fields, the header "
+                        f"{len(header)}; {fix}"
+                    )
+    except (UnicodeDecodeError, csv.Error) as problem:
+        return DataError(f"{path} is not a readable UTF-8 CSV file ({problem})")
+    return DataError(f"{path} is not a readable CSV file ({str(error).splitlines()[0]})")
+
+
+def line_of(path: str | Path | None, row: int) -> int:
+    """The line of the file where data row `row` (0 for the first) starts."""
+    if path is None or not Path(path).is_file():
+        return row + 2
+    with Path(path).open(newline="", encoding="utf-8-sig") as file:
+        reader = csv.reader(file)
+        next(reader)
+        start = reader.line_num + 1
+        seen = 0
+        for fields in reader:
+            if fields:
+                if seen == row:
+                    return start
+                seen += 1
+            start = reader.line_num + 1
+    return row + 2
+
+
+# --- numbers --------------------------------------------------------------------------------
+
+
+def numeric_target(table: pa.Table, target: str, where) -> tuple[np.ndarray, np.ndarray, int]:
+    """The target as numbers (NaN when blank), the rows that have one, and how many don't."""
+    column = table[target]
+    values = to_float(column)
+    if values is None and not mostly_numbers(column):
+        i = first_refused(column)
+        raise DataError(
+            f"{where}: column '{target}' holds text ({column[i].as_py()!r} on line "
+            f"{line_of(where, i)}), and tabular-regression predicts numbers: pass --target "
+            "with a column of numbers"
+        )
+    y = numbers(column, target, where, np.arange(len(column)), values)
+    rows = np.flatnonzero(~np.isnan(y))
+    return y, rows, len(y) - len(rows)
+
+
+def to_float(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """The column as float64 (blanks stay null), or None when a cell is not a number."""
+    try:
+        return pc.cast(column, pa.float64())
+    except pa.ArrowInvalid:
+        return None
+
+
+def mostly_numbers(column: pa.ChunkedArray) -> bool:
+    """Whether most non-blank cells are numbers: then the column is one of numbers with a
+    stray word (an error to fix), not of categories. Judged on 10,000 cells at most."""
+    if len(column) > 10_000:
+        column = column.take(np.linspace(0, len(column) - 1, 10_000).astype(np.int64))
+    cells = pc.drop_null(column)
+    numbers = pc.sum(pc.match_substring_regex(cells, NUMBER)).as_py() or 0
+    return numbers * 2 > len(cells)
+
+
+def numbers(
+    column: pa.ChunkedArray,
+    name: str,
+    where,
+    rows: np.ndarray,
+    values: pa.ChunkedArray | None = None,
+    hint: str = "",
+) -> np.ndarray:
+    """A column of numbers as float64, NaN for blank cells; a cell that is not a number,
+    not finite, or beyond float32's range is an error naming its line. `values`: the
+    column converted by to_float already; `hint`: the error's last words."""
+    values = to_float(column) if values is None else values
+    if values is None:
+        i = first_refused(column)
+        raise DataError(
+            f"{where}: line {line_of(where, rows[i])}, column '{name}': {column[i].as_py()!r} "
+            f"is not a number; fix the cell (leave it blank if the value is unknown){hint}"
+        )
+    array = pc.fill_null(values, np.nan).to_numpy(zero_copy_only=False)  # NaN: a blank cell
+    # A NaN that was not a blank cell, an infinity, or a number beyond float32's range.
+    if np.isnan(array).sum() > values.null_count or (np.abs(array) > FLOAT32_MAX).any():
+        blank = column.is_null().to_numpy(zero_copy_only=False)
+        i = np.flatnonzero(~blank & ~(np.abs(array) <= FLOAT32_MAX))[0]
+        problem = "is not a finite number; leave a cell blank for a missing value"
+        if np.isfinite(array[i]):
+            problem = f"is beyond float32's range (±{FLOAT32_MAX:.3g}); rescale the column"
+        cell, line = column[int(i)].as_py(), line_of(where, rows[i])
+        raise DataError(f"{where}: line {line}, column '{name}': {cell!r} {problem}")
+    return array
+
+
+def first_refused(column: pa.ChunkedArray) -> int:
+    """The row of the first cell that does not convert to a number (a binary search over
+    slices: each conversion runs in pyarrow, and the search costs two passes at most)."""
+    low, high = 0, len(column)  # the first bad cell is in [low, high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            pc.cast(column.slice(low, middle - low), pa.float64())
+            low = middle
+        except pa.ArrowInvalid:
+            high = middle
+    return low
+
+
+# --- the schema -----------------------------------------------------------------------------
+
+
+def infer_schema(
+    table: pa.Table,
+    target: str,
+    y: np.ndarray,
+    rows: np.ndarray,
+    train_rows: np.ndarray,
+    cfg: Config,
+    where,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Each column's kind and encoding, from the training rows: the checkpoint's `meta`;
+    and the columns it converted on the way, for encode.
+
+    Plain lists and numbers only in `meta`: it is saved in the checkpoint and, by
+    `export`, as JSON.
+    """
+    d = cfg.data
+    for setting, names in (("data.categorical", d.categorical), ("data.ignore", d.ignore)):
+        for name in names:
+            if name == target:
+                raise DataError(f"{setting} lists '{name}', the target; take it out of the list")
+            if name not in table.column_names:
                 raise DataError(
-                    f"{path}: line {i + 2}, column '{name}': {row[name]!r} is not a number; "
-                    "tabular-regression expects numeric columns"
-                ) from None
-            if not abs(value) <= largest:  # nan, inf, or too large for float32
-                problem = "is not a finite number; fill it in or drop the row"
-                if math.isfinite(value):
-                    problem = f"is beyond float32's range (±{largest:.3g}); rescale the column"
-                raise DataError(f"{path}: line {i + 2}, column '{name}': {row[name]!r} {problem}")
-            values[i, j] = value
-    if need_target:
-        return columns, values[:, :-1], values[:, -1]
-    return columns, values, torch.full((len(rows),), math.nan)
+                    f"{setting} lists '{name}', which is not a column of {where} "
+                    f"(its columns: {', '.join(table.column_names)})"
+                )
+    if d.min_category_count < 1:
+        raise DataError("data.min_category_count must be at least 1")
+    meta: dict = {"target": target, "numeric": [], "categorical": {}, "ignored": {}}
+    stats: dict[str, list] = {"median": [], "mean": [], "std": []}
+    meta["indicators"] = []  # numeric columns with blanks in the training rows: a 0/1 input each
+    converted = {}
+    for name in table.column_names:
+        if name == target:
+            continue
+        if name in d.ignore:
+            meta["ignored"][name] = "data.ignore"
+            continue
+        if not name.strip():
+            meta["ignored"][name] = "no name in the header, like the index pandas writes"
+            continue
+        column = table[name]
+        values = None if name in d.categorical else to_float(column)
+        if values is not None or (name not in d.categorical and mostly_numbers(column)):
+            hint = f", or list '{name}' in data.categorical"
+            values = converted[name] = numbers(column, name, where, rows, values, hint)
+            train = values[train_rows]
+            blank = np.isnan(train)
+            reason = None
+            if blank.all():
+                reason = "blank on every training row"
+            elif not blank.any() and np.nanmin(train) == np.nanmax(train):
+                reason = "the same value on every training row"
+            if reason:
+                meta["ignored"][name] = reason
+                continue
+            median = float(np.nanmedian(train))
+            filled = np.where(blank, median, train)
+            meta["numeric"].append(name)
+            stats["median"].append(median)
+            stats["mean"].append(float(filled.mean()))
+            stats["std"].append(max(float(filled.std(ddof=1)), 1e-6))
+            if blank.any():
+                meta["indicators"].append(name)
+        else:
+            categories, reason, encoded = pick_categories(column, train_rows, d.min_category_count)
+            if reason:
+                meta["ignored"][name] = reason
+            else:
+                meta["categorical"][name] = categories
+                converted[name] = category_indices(encoded, categories)
+    if not meta["numeric"] and not meta["categorical"]:
+        ignored = "; ".join(f"{name}: {why}" for name, why in meta["ignored"].items())
+        raise DataError(
+            f"{where}: no input column is left ({ignored or 'none but the target'}); "
+            "shorten data.ignore, or lower data.min_category_count"
+        )
+    y_train = y[train_rows]
+    scale = {"y_mean": float(y_train.mean()), "y_std": max(float(y_train.std(ddof=1)), 1e-6)}
+    return {**meta, **stats, **scale}, converted
 
 
-def make_table(n: int, seed: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """n rows of 8 random inputs and a smooth, partly non-linear target with some noise."""
+def pick_categories(
+    column: pa.ChunkedArray, train_rows: np.ndarray, min_count: int
+) -> tuple[list[str], str | None, pa.DictionaryArray | None]:
+    """The categories on at least min_count training rows, sorted, or why the column is
+    ignored instead; and the column dictionary-encoded, for category_indices."""
+    if pc.count_distinct(column).as_py() == len(column) - column.null_count:
+        return [], "a different value on every row", None
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)[train_rows]
+    counts = np.bincount(codes[codes >= 0], minlength=len(encoded.dictionary))
+    if not counts.any():
+        return [], "blank on every training row", None
+    if counts.max() == len(codes):
+        return [], "the same value on every training row", None
+    kept = sorted(encoded.dictionary.take(np.flatnonzero(counts >= min_count)).to_pylist())
+    if not kept:
+        reason = f"no value on {min_count} or more training rows: data.min_category_count"
+        return [], reason, None
+    return kept, None, encoded
+
+
+def describe_schema(meta: dict) -> str:
+    """`inputs: 6 numeric, 3 categorical (cut: 5 values, ...); ignored: id (why)`."""
+    numeric = f"{len(meta['numeric'])} numeric"
+    if meta["indicators"]:
+        numeric += f" ({len(meta['indicators'])} with blanks, filled with the median)"
+    sizes = [f"{name}: {len(values)}" for name, values in meta["categorical"].items()]
+    if sizes:
+        sizes[0] += " values"
+    text = f"inputs: {numeric}, {len(sizes)} categorical"
+    text += f" ({', '.join(sizes)})" if sizes else ""
+    if meta["ignored"]:
+        ignored = [f"{n.strip() or repr(n)} ({why})" for n, why in meta["ignored"].items()]
+        text += "; ignored: " + ", ".join(ignored)
+    return text
+
+
+def encode(
+    table: pa.Table,
+    meta: dict,
+    where,
+    rows: np.ndarray | None = None,
+    converted: dict[str, np.ndarray] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's inputs: numbers (n, numeric) with NaN for blanks, and category indices
+    (n, categorical). `rows` are the rows' places in the file, for the line of an error;
+    `converted`, columns converted already (by infer_schema)."""
+    rows = np.arange(table.num_rows) if rows is None else rows
+    converted = converted or {}
+    numeric = np.empty((table.num_rows, len(meta["numeric"])), dtype=np.float32)
+    for j, name in enumerate(meta["numeric"]):
+        found = converted.get(name)
+        numeric[:, j] = numbers(table[name], name, where, rows) if found is None else found
+    categorical = np.empty((table.num_rows, len(meta["categorical"])), dtype=np.int64)
+    for j, (name, categories) in enumerate(meta["categorical"].items()):
+        found = converted.get(name)
+        categorical[:, j] = category_indices(table[name], categories) if found is None else found
+    return torch.from_numpy(numeric), torch.from_numpy(categorical)
+
+
+def category_indices(
+    column: pa.ChunkedArray | pa.DictionaryArray, categories: list[str]
+) -> np.ndarray:
+    """Each cell's category index: MISSING when blank, OTHER when not one of `categories`."""
+    encoded = column
+    if not isinstance(column, pa.DictionaryArray):
+        encoded = pc.dictionary_encode(column).combine_chunks()
+    index = {value: i + 2 for i, value in enumerate(categories)}
+    lookup = [index.get(value, OTHER) for value in encoded.dictionary.to_pylist()]
+    lookup = np.array([*lookup, MISSING], dtype=np.int64)  # the last one: blank cells
+    codes = encoded.indices.fill_null(len(lookup) - 1).to_numpy(zero_copy_only=False)
+    return lookup[codes]
+
+
+# --- the built-in table ---------------------------------------------------------------------
+
+
+def make_table(n: int, seed: int, target: str = "target") -> pa.Table:
+    """n rows of six numeric inputs (x5 blank on a tenth of them), two categorical ones
+    (colour; size, blank on a twentieth), and a target that depends on them all, partly
+    non-linearly, with some noise. As text, like the cells of a CSV file."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 8, generator=g)
+    x = torch.randn(n, 6, generator=g)
+    colour = torch.randint(0, 4, (n,), generator=g)
+    size = torch.randint(0, 3, (n,), generator=g)
     y = 2 * x[:, 0] + torch.sin(2 * x[:, 1]) + x[:, 2] * x[:, 3] - 0.5 * x[:, 4].abs()
-    y = y + 0.1 * torch.randn(n, generator=g)
-    return [f"x{i}" for i in range(8)], x, y
+    y = y + 0.5 * x[:, 5] + torch.tensor([-1.5, -0.5, 0.5, 1.5])[colour]
+    y = y + torch.tensor([-0.5, 0.0, 0.5])[size] + 0.1 * torch.randn(n, generator=g)
+    blank_x5 = (torch.rand(n, generator=g) < 0.1).tolist()
+    blank_size = (torch.rand(n, generator=g) < 0.05).tolist()
+    cells = {f"x{i}": [f"{value:.4f}" for value in x[:, i].tolist()] for i in range(6)}
+    cells["x5"] = [None if b else v for v, b in zip(cells["x5"], blank_x5, strict=True)]
+    cells["colour"] = [("red", "green", "blue", "yellow")[i] for i in colour.tolist()]
+    sizes = [("S", "M", "L")[i] for i in size.tolist()]
+    cells["size"] = [None if b else v for v, b in zip(sizes, blank_size, strict=True)]
+    cells[target] = [f"{value:.4f}" for value in y.tolist()]
+    return pa.table({name: pa.array(values, pa.string()) for name, values in cells.items()})
 
 
-# --- predict and export --------------------------------------------------------------
+# --- predict and export ---------------------------------------------------------------------
 
 
 def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[str]:
     """A prediction for each row of each CSV file (the target column may be absent)."""
     lines = []
     for path in inputs:
-        _, x, _ = read_csv(Path(path), meta["target"], meta["columns"], need_target=False)
+        columns = [*meta["numeric"], *meta["categorical"]]
+        table = read_table(Path(path), meta["target"], columns, need_target=False)
+        numeric, categorical = encode(table, meta, path)
         with torch.no_grad():
-            predictions = model(x)
+            predictions = model(numeric, categorical)
         lines += [
             f"{path}:{i + 2}: {meta['target']} = {value:.4g}"
             for i, value in enumerate(predictions.tolist())
@@ -178,4 +523,6 @@ def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[str]:
 def example_inputs(meta: dict) -> tuple[tuple[torch.Tensor, ...], dict]:
     """An input to trace for torch.export, and which of its dimensions may vary."""
     batch = torch.export.Dim("batch", min=1, max=1_000_000)
-    return (torch.randn(2, len(meta["columns"])),), {"features": {0: batch}}
+    numeric = torch.randn(2, len(meta["numeric"]))
+    categorical = torch.zeros(2, len(meta["categorical"]), dtype=torch.long)
+    return (numeric, categorical), {"numeric": {0: batch}, "categorical": {0: batch}}

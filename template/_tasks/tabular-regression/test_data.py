@@ -1,10 +1,18 @@
-"""Tabular regression's data: your CSV of numbers with a target column, and clear errors."""
+"""Tabular regression's data: your CSV of numbers and text, its schema, and clear errors."""
 
 import pytest
+import torch
 
-from {{ package_name }}.config import load_config
-from {{ package_name }}.data import DataError, build_datasets, predict
+from {{ package_name }}.data import (
+    MISSING,
+    OTHER,
+    DataError,
+    build_datasets,
+    load_dataset,
+    predict,
+)
 from {{ package_name }}.model import build_model
+from {{ package_name }}.plumbing.settings import load_config
 
 
 def write_csv(path, header, rows):
@@ -12,38 +20,97 @@ def write_csv(path, header, rows):
     return path
 
 
+def datasets(path, **settings):
+    overrides = {"data.path": str(path), **{f"data.{k}": v for k, v in settings.items()}}
+    return build_datasets(load_config(overrides=overrides))
+
+
 def test_a_csv_of_numbers_loads_with_any_target_name(tmp_path):
     rows = [(i, 2 * i, 3 * i + 1) for i in range(10)]
     path = write_csv(tmp_path / "table.csv", ["a", "b", "price"], rows)
-    cfg = load_config(overrides={"data.path": str(path), "data.target": "price"})
-    train, val, meta = build_datasets(cfg)
-    assert meta["columns"] == ["a", "b"]
+    train, val, meta = datasets(path, target="price")
+    assert (meta["numeric"], meta["categorical"]) == (["a", "b"], {})
     assert (len(train), len(val)) == (8, 2)
-    features, target = train[0]
-    assert features.shape == (2,)
+    (numeric, categorical), target = train[0]
+    assert numeric.shape == (2,) and categorical.shape == (0,)
+
+
+def mixed_table(tmp_path, n=60):
+    """pandas' index, an id, a number with blanks, a category with blanks and a rare value,
+    a number with few values, a constant, and a target that is blank on two rows."""
+    rows = []
+    for i in range(n):
+        size = "" if i % 7 == 0 else i % 5
+        colour = ["red", "green", "blue"][i % 3] if i != 5 else "violet"
+        target = "" if i in (3, 4) else i + 10 * (i % 3)
+        rows.append((i, f"id{i}", size, colour if i % 11 else "", i % 2, 1, target))
+    header = ["", "id", "size", "colour", "flag", "one", "y"]
+    return write_csv(tmp_path / "mixed.csv", header, rows)
+
+
+def test_column_kinds_come_from_the_training_rows_and_are_printed_once(tmp_path, capsys):
+    train, val, meta = datasets(mixed_table(tmp_path), target="y")
+    assert meta["numeric"] == ["size", "flag"]  # flag: two values, still numeric
+    assert meta["indicators"] == ["size"]  # size has blanks: a 0/1 input says which
+    assert meta["categorical"] == {"colour": ["blue", "green", "red"]}  # violet: too rare
+    assert meta["ignored"] == {
+        "": "no name in the header, like the index pandas writes",
+        "id": "a different value on every row",
+        "one": "the same value on every training row",
+    }
+    assert len(train) + len(val) == 58  # the rows with a blank target are skipped
+    printed = capsys.readouterr().out
+    assert "skipped 2 rows of" in printed
+    assert "inputs: 2 numeric (1 with blanks, filled with the median), 1 categorical" in printed
+    assert "ignored: '' (no name in the header" in printed
+    assert "id (a different value on every row)" in printed
+
+
+def test_overrides_blanks_and_unseen_categories(tmp_path):
+    path = mixed_table(tmp_path)
+    _, _, meta = datasets(path, target="y", categorical=["flag"], ignore="size")
+    assert meta["categorical"]["flag"] == ["0", "1"] and meta["ignored"]["size"] == "data.ignore"
+    _, _, meta = datasets(path, target="y", min_category_count=1)
+    assert "violet" in meta["categorical"]["colour"]
+    # A category never seen in training is "other", a blank cell "missing"; a blank number
+    # is NaN, for the model to fill in.
+    rows = write_csv(tmp_path / "new.csv", ["colour", "size", "flag", "y"], [("pink", "", 1, 3)])
+    rows.write_text(rows.read_text() + ",2,0,4\n")
+    dataset = load_dataset(rows, load_config(), meta)
+    (numeric, categorical), _ = dataset[0]
+    assert torch.isnan(numeric[0]) and categorical.tolist() == [OTHER]
+    assert dataset[1][0][1].tolist() == [MISSING]
 
 
 def test_predict_reads_rows_without_the_target(tmp_path):
     cfg = load_config()
     _, _, meta = build_datasets(cfg)
     model = build_model(cfg, meta).eval()
-    rows = write_csv(tmp_path / "rows.csv", meta["columns"], [[0.5] * len(meta["columns"])] * 2)
+    columns = [*meta["numeric"], *meta["categorical"]]
+    cells = [["0.5"] * len(meta["numeric"]) + ["red", "M"], [""] * len(columns)]
+    rows = write_csv(tmp_path / "rows.csv", columns, cells)
     lines = predict(model, [str(rows)], meta)
     assert len(lines) == 2
-    float(lines[0].rsplit("= ", 1)[1])
+    float(lines[1].rsplit("= ", 1)[1])
 
 
 def test_bad_data_is_a_clear_error(tmp_path):
     no_target = write_csv(tmp_path / "no_target.csv", ["a", "b"], [(1, 2), (3, 4)])
     with pytest.raises(DataError, match="expected a CSV with a 'target' column"):
-        build_datasets(load_config(overrides={"data.path": str(no_target)}))
-    text = write_csv(tmp_path / "text.csv", ["a", "target"], [(1, 2), ("red", 4)])
-    with pytest.raises(DataError, match="line 3, column 'a': 'red' is not a number"):
-        build_datasets(load_config(overrides={"data.path": str(text)}))
+        datasets(no_target)
+    rows = [(i, i) for i in range(9)] + [("red", 4)]
+    word = write_csv(tmp_path / "word.csv", ["a", "target"], rows)
+    with pytest.raises(DataError, match="line 11, column 'a': 'red' is not a number; fix"):
+        datasets(word)
+    text = write_csv(tmp_path / "text.csv", ["a", "target"], [(1, "cat"), (2, "dog")] * 3)
+    with pytest.raises(DataError, match="column 'target' holds text .*predicts numbers"):
+        datasets(text)
+    with pytest.raises(DataError, match="data.ignore lists 'b', which is not a column"):
+        datasets(word, ignore=["b"])
     with pytest.raises(DataError, match="does not exist"):
-        build_datasets(load_config(overrides={"data.path": str(tmp_path / "missing.csv")}))
+        datasets(tmp_path / "missing.csv")
     with pytest.raises(DataError, match="is a folder"):
-        build_datasets(load_config(overrides={"data.path": str(tmp_path)}))
+        datasets(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -59,23 +126,23 @@ def test_a_cell_that_is_not_a_finite_float32_is_refused_by_line_and_column(tmp_p
     rows[3] = (cell, 6)
     path = write_csv(tmp_path / "table.csv", ["a", "target"], rows)
     with pytest.raises(DataError, match=f"line 5, column 'a': {says}"):
-        build_datasets(load_config(overrides={"data.path": str(path)}))
+        datasets(path)
 
 
 def test_too_few_rows_a_constant_target_and_ragged_rows_are_refused(tmp_path):
-    few = write_csv(tmp_path / "few.csv", ["a", "target"], [(1, 2), (2, 3), (3, 4)])
+    few = write_csv(tmp_path / "few.csv", ["a", "target"], [(1, 2), (2, 3), (3, 4), (4, "")])
     with pytest.raises(DataError, match=r"has too few rows \(3\); .* needs at least 4"):
-        build_datasets(load_config(overrides={"data.path": str(few)}))
+        datasets(few)
     flat = write_csv(tmp_path / "flat.csv", ["a", "target"], [(i, 5) for i in range(10)])
     with pytest.raises(DataError, match="'target' has the same value, 5, on every row"):
-        build_datasets(load_config(overrides={"data.path": str(flat)}))
+        datasets(flat)
     ragged = write_csv(tmp_path / "ragged.csv", ["a", "target"], [(1, 2), (1, 2, 3)] * 3)
     with pytest.raises(DataError, match="line 3 has 3 fields, the header 2"):
-        build_datasets(load_config(overrides={"data.path": str(ragged)}))
+        datasets(ragged)
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     path = write_csv(tmp_path / "excel.csv", ["a", "target"], [(i, 2 * i) for i in range(10)])
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
-    _, _, meta = build_datasets(load_config(overrides={"data.path": str(path)}))
-    assert meta["columns"] == ["a"]
+    _, _, meta = datasets(path)
+    assert meta["numeric"] == ["a"]

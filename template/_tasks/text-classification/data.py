@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from .config import Config, UserError
-from .splits import split_indices
+from .config import Config
+from .plumbing import UserError
+from .plumbing.splits import split_indices
 
 PAD, UNK = "<pad>", "<unk>"
 TOPICS = {
@@ -73,26 +74,37 @@ def read_csv(path: Path) -> tuple[list[str], list[str]]:
     """The text and label columns of a CSV file, with a clear error for anything else."""
     if not path.is_file():
         problem = "is a folder" if path.is_dir() else "does not exist"
+        if path.exists() and not path.is_dir():  # a named pipe, a device...
+            problem = "is not a regular file (a named pipe, a device...)"
         raise DataError(f"{path} {problem}; text-classification expects a CSV file")
+    rows, line = [], 0  # line: where the last row read ended
     try:
         # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name.
         with path.open(newline="", encoding="utf-8-sig") as file:
-            reader = csv.DictReader(file)
+            # strict: a double quote that is never closed is an error, not a text that
+            # swallows every line after it.
+            reader = csv.DictReader(file, strict=True)
             columns = reader.fieldnames or []
+            line = reader.line_num
             if "text" not in columns or "label" not in columns:
                 raise DataError(
                     f"{path}: expected a CSV with columns text,label; "
                     f"got columns {','.join(columns) or '(none)'}"
                 )
-            rows = []
             for row in reader:
+                line = reader.line_num
                 if None in row:  # more fields than the header: a text with an unquoted comma
                     raise DataError(
                         f"{path}: line {reader.line_num} has more fields than the header "
                         f"({','.join(columns)}); put texts that contain commas in double quotes"
                     )
                 rows.append((row["text"] or "", row["label"]))
-    except (UnicodeDecodeError, csv.Error) as error:
+    except csv.Error as error:  # a quote left open: the row from the line after the last
+        raise DataError(
+            f"{path}: the row from line {line + 1} is not valid CSV ({error}); a text in "
+            'double quotes must end with one, and a quote inside it is written twice ("")'
+        ) from None
+    except UnicodeDecodeError as error:
         raise DataError(f"{path} is not a readable UTF-8 CSV file ({error})") from None
     except OSError as error:
         raise DataError(f"cannot read {path}: {error.strerror}") from None
@@ -160,15 +172,44 @@ def make_sentences(n: int, seed: int) -> tuple[list[str], list[str]]:
 # --- predict and export --------------------------------------------------------------
 
 
-def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[str]:
-    """The most likely label of each text, with its probability."""
-    with torch.no_grad():
-        probabilities = model(encode(inputs, meta)).softmax(dim=-1)
-    top = probabilities.max(dim=-1)
-    return [
-        f"{text!r}: {meta['labels'][label]} ({p:.2f})"
-        for text, label, p in zip(inputs, top.indices.tolist(), top.values.tolist(), strict=True)
-    ]
+def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[dict]:
+    """The most likely label of each text, with its probability: a row per text (with the
+    other columns of a CSV's row). An input is a text; or, when it names a file, a CSV file
+    with a `text` column, or a text file of one text a line."""
+    rows = [row for given in inputs for row in texts_of(given)]
+    for start in range(0, len(rows), 1024):  # a file of any size, in batches
+        batch = rows[start : start + 1024]
+        with torch.no_grad():
+            top = model(encode([row["text"] for row in batch], meta)).softmax(dim=-1).max(-1)
+        for row, label, p in zip(batch, top.indices.tolist(), top.values.tolist(), strict=True):
+            row.update(predicted=meta["labels"][label], probability=round(p, 4))
+    return rows
+
+
+def texts_of(given: str) -> list[dict[str, str]]:
+    """A text as typed, or the texts of the file it names: the rows of a CSV file (which
+    need a `text` column), else each non-blank line."""
+    path = Path(given)
+    if path.is_dir():
+        raise DataError(
+            f"{path} is a folder; predict takes texts, CSV files with a text column, or text "
+            "files of one text a line"
+        )
+    if not path.is_file():
+        return [{"text": given}]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            if path.suffix.lower() != ".csv":
+                return [{"text": line.strip()} for line in file if line.strip()]
+            reader = csv.DictReader(file)
+            if "text" not in (reader.fieldnames or []):
+                raise DataError(
+                    f"{path}: expected a CSV with a text column; got columns "
+                    f"{','.join(reader.fieldnames or []) or '(none)'}"
+                )
+            return [{key: value or "" for key, value in row.items() if key} for row in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path} is not a readable UTF-8 text or CSV file ({error})") from None
 
 
 def example_inputs(meta: dict) -> tuple[tuple[torch.Tensor, ...], dict]:

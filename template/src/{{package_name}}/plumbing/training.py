@@ -1,5 +1,6 @@
 """What both training engines share: the resumable loader, the learning-rate schedule, the
-random state, the evaluation pass, and the guards that stop a run (signals, divergence).
+random state, the evaluation pass, what "best" means, and the guards that stop a run
+(signals, divergence).
 
 Keeping these in one place is what makes the plain-PyTorch and Lightning engines train the
 same steps, on the same batches, to the same metrics.
@@ -16,28 +17,40 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchmetrics import MeanMetric, MetricCollection
 
-from .config import Config
+from ..config import Config
+from ..model import BASELINE, MONITOR, MONITOR_MODE, build_baseline, build_metrics, step
 from .hardware import loader_processes
-from .model import step
 
 
 class Diverged(Exception):
-    """The loss became nan or inf: training stops before that state is saved anywhere.
+    """The loss, or the model itself, became nan or inf: training stops before that state is
+    saved anywhere.
 
-    The training loss is checked before each backward pass, the validation loss before
-    each evaluation is logged or saved (a step can turn the weights non-finite).
+    The training loss is checked before each backward pass; the validation loss and every
+    weight and buffer (a batch norm's running statistics too) before anything is saved.
     """
 
-    def __init__(self, step: int, loss: float, lr: float, which: str = "loss"):
-        seen = loss if not math.isfinite(loss) else "nan or inf (in another process)"
+    def __init__(self, step: int, loss: float | None, lr: float, which: str = "loss"):
+        if loss is None:
+            seen = "nan or inf"
+        else:
+            seen = loss if not math.isfinite(loss) else "nan or inf (in another process)"
         super().__init__(
             f"training diverged at step {step}: the {which} is {seen}; lower the learning rate "
             f"(--lr, now {lr:.3g}) or look for extreme values in the data"
         )
         self.step = step
+
+
+def check_finite(model: torch.nn.Module, step: int, lr: float) -> None:
+    """Refuse to go on (and to save) with a nan or inf anywhere in the model's state."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise Diverged(step, None, lr, which=f"model's {name}")
 
 
 def val_loss_metric() -> MeanMetric:
@@ -47,22 +60,97 @@ def val_loss_metric() -> MeanMetric:
 
 
 class Interrupted(Exception):
-    """Ctrl-C or SIGTERM stopped training after a step; last.ckpt holds that step."""
+    """Ctrl-C or SIGTERM stopped training after a step; last.ckpt holds that step. A second
+    Ctrl-C stops at once (`at_once`), keeping the last checkpoint as it was."""
 
-    def __init__(self, signum: int | None, step: int):
+    def __init__(self, signum: int | None, step: int | None, at_once: bool = False):
         self.signum = signum or signal.SIGTERM  # a process that only heard it from another
-        self.step = step
-        super().__init__(f"{signal.Signals(self.signum).name} after step {step}")
+        self.step, self.at_once = step, at_once
+        name = signal.Signals(self.signum).name
+        super().__init__(
+            f"{name} again, stopped at once" if at_once else f"{name} after step {step}"
+        )
 
 
 @dataclass
 class Outcome:
     """How a run ended: why it stopped, its best and last evaluations, and its folder."""
 
-    reason: str  # "max_steps" | "epochs" | "early_stopping"
+    reason: str  # "max_steps" | "epochs" | "early_stopping" | "perfect"
     best: dict[str, float]
     last: dict[str, float]
     baseline: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluations:
+    """A run's evaluations so far: the best (see `better`), the latest, and how many came
+    since the best, which early stopping counts. Checkpoints hold them as "progress"."""
+
+    best: dict[str, float] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+    bad_evals: int = 0  # evaluations since the best one
+
+    @classmethod
+    def of(cls, progress: dict[str, Any]) -> Evaluations:
+        """The evaluations of a checkpoint's progress."""
+        return cls(progress["best"], progress["last"], progress["bad_evals"])
+
+    def add(self, row: dict[str, float], cfg: Config, perfect: float | None) -> str | None:
+        """Count an evaluation in; returns why early stopping ends the run after it, if it
+        does (see early_stop)."""
+        self.last = row
+        if better(row, self.best, cfg.train.tie_delta):
+            self.best, self.bad_evals = row, 0
+        else:
+            self.bad_evals += 1
+        return early_stop(self.bad_evals, self.best, cfg, perfect)
+
+    @property
+    def improved(self) -> bool:
+        """Whether the latest evaluation is the best."""
+        return bool(self.last) and self.bad_evals == 0
+
+
+def better(row: dict[str, float], best: dict[str, float] | None, tie_delta: float = 0.0) -> bool:
+    """Whether an evaluation beats the best so far: a better monitored metric, or an equal
+    one with a validation loss lower by more than `tie_delta` (train.tie_delta: accuracy ties
+    often on small validation sets, and the model that is surer of its answers is the better
+    one, when it is meaningfully surer). Both engines, best.ckpt and early stopping follow
+    this."""
+    if not best:
+        return True
+    value, previous = row[MONITOR], best[MONITOR]
+    if value == previous:
+        return row["val/loss"] < best["val/loss"] - tie_delta
+    return value > previous if MONITOR_MODE == "max" else value < previous
+
+
+def perfect_score(meta: dict) -> float | None:
+    """The best value the monitored metric can take, if it has one (val/acc: 1.0): the bound
+    that torchmetrics gives the metric of build_metrics that MONITOR names."""
+    metric = dict(build_metrics(meta).items()).get(MONITOR.removeprefix("val/"))
+    if metric is None:  # the validation loss, say: no bound
+        return None
+    bound = metric.plot_upper_bound if MONITOR_MODE == "max" else metric.plot_lower_bound
+    return None if bound is None else float(bound)
+
+
+def early_stop(
+    bad_evals: int, best: dict[str, float], cfg: Config, perfect: float | None
+) -> str | None:
+    """Whether early stopping ends the run after this evaluation, and why: `patience`
+    evaluations without a better one ("early_stopping"); or, once the monitored metric is
+    perfect, the first evaluation that is not better ("perfect"): patience waits for a better
+    score, and none can come. None: train on. Patience 0 turns both off."""
+    patience = cfg.train.patience
+    if not patience or bad_evals == 0:
+        return None
+    if bad_evals >= patience:
+        return "early_stopping"
+    if perfect is not None and best[MONITOR] == perfect:
+        return "perfect"
+    return None
 
 
 # --- data loading ----------------------------------------------------------------------
@@ -187,6 +275,16 @@ def eval_interval(cfg: Config, batches_per_epoch: int) -> int:
     return max(1, min(cfg.train.eval_every * cfg.train.accumulate, batches_per_epoch))
 
 
+def evaluation_due(cfg: Config, batches: int, batches_per_epoch: int, step: int) -> bool:
+    """Whether the optimizer step just taken, after `batches` batches in all, is evaluated:
+    every eval_every steps (and at least once an epoch), at the end of the budget, and at
+    the end of the last epoch when epochs are capped."""
+    epochs, ended = divmod(batches, batches_per_epoch)
+    capped = cfg.train.epochs is not None and ended == 0 and epochs >= cfg.train.epochs
+    every = batches % eval_interval(cfg, batches_per_epoch) == 0
+    return every or step >= cfg.train.max_steps or capped
+
+
 # --- the learning rate and the random state ---------------------------------------------
 
 
@@ -218,6 +316,11 @@ class WarmupCosine:
             self.decay_start, self.decay_from = step, self(step)
         self.total_steps = total_steps
 
+    def restart(self, step: int, total_steps: int) -> None:
+        """From `step` on, decay from the full (new) rate to the floor at total_steps."""
+        self.decay_start, self.decay_from = max(step, self.warmup_steps), 1.0
+        self.total_steps = total_steps
+
 
 def build_optimizer(
     model: torch.nn.Module, cfg: Config, device: torch.device
@@ -227,8 +330,8 @@ def build_optimizer(
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [
-        {"params": decay, "weight_decay": t.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": t.weight_decay, "name": "weights"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "biases and norms"},
     ]
     optimizer = torch.optim.AdamW(
         groups,
@@ -238,6 +341,32 @@ def build_optimizer(
     )
     schedule = WarmupCosine(int(t.warmup_ratio * t.max_steps), t.max_steps)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def continue_schedule(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    cfg: Config,
+    saved: dict[str, Any],
+    step: int,
+) -> None:
+    """A resumed run's optimizer and schedule, as the settings given on resume ask: a larger
+    budget continues the rate from where it was; a new --lr decays from that rate, from this
+    step to the end of the budget; a new weight decay applies from here."""
+    t, schedule = cfg.train, scheduler.lr_lambdas[0]
+    if t.lr != saved["lr"]:
+        scheduler.base_lrs = [lr * t.lr / saved["lr"] for lr in scheduler.base_lrs]
+        schedule.restart(step, t.max_steps)
+    else:
+        schedule.extend(step, t.max_steps)
+    # The rate of the next step, from the schedule as it is now: the optimizer restored the
+    # old one, which the scheduler would replace only after that step.
+    factor = schedule(scheduler.last_epoch)
+    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base_lr * factor
+        if group.get("name") == "weights":
+            group["weight_decay"] = t.weight_decay
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def seed_everything(seed: int) -> None:
@@ -269,12 +398,17 @@ def evaluate_model(
     metrics: MetricCollection,
     device: torch.device,
     autocast: contextlib.AbstractContextManager | None = None,
+    sync: bool = True,
 ) -> dict[str, float]:
-    """The loss and metrics of `model` over the whole loader, reduced over all ranks."""
+    """The loss and metrics of `model` over the whole loader, reduced over all ranks (or,
+    with sync=False, over this process's loader alone)."""
     was_training = model.training
     model.eval()
     metrics.reset()
     losses = val_loss_metric().to(device)
+    distributed = sync and dist.is_available() and dist.is_initialized()
+    for metric in [losses, *metrics.values()]:  # torchmetrics reduces whenever DDP is on
+        metric.distributed_available_fn = lambda: distributed
     for batch in loader:
         with autocast or contextlib.nullcontext():
             loss, outputs, targets = step(model, to_device(batch, device))
@@ -284,6 +418,16 @@ def evaluate_model(
     results = {"val/loss": losses.compute().item()}
     results.update({f"val/{k}": v.item() for k, v in metrics.compute().items()})
     return results
+
+
+def measure_baseline(dataset: Dataset, meta: dict, cfg: Config) -> dict[str, Any]:
+    """What a model that learned nothing (model.py's build_baseline) scores on the whole
+    validation split, on the CPU: the bar every evaluation is shown against."""
+    device = torch.device("cpu")
+    loader = make_loader(dataset, cfg, 0, 1, device, train=False)
+    # Rank 0 alone, over the whole split: nothing to reduce over the other processes.
+    scores = evaluate_model(build_baseline(meta), loader, build_metrics(meta), device, sync=False)
+    return {"name": BASELINE, **scores}
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -297,19 +441,15 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def improved(value: float, best: float | None, mode: str) -> bool:
-    """Strictly better than the best so far (as Lightning's EarlyStopping counts)."""
-    return best is None or (value > best if mode == "max" else value < best)
-
-
 # --- what stops a run --------------------------------------------------------------------
 
 
 class StopSignals:
     """Ctrl-C (SIGINT) and SIGTERM ask training to stop after the current step.
 
-    The engine then writes last.ckpt and raises Interrupted. A second Ctrl-C stops at once.
-    SIGTERM is what SLURM, Kubernetes and spot instances send before they kill a process.
+    The engine then writes last.ckpt and raises Interrupted. A second Ctrl-C stops at once,
+    keeping the checkpoints as they were. SIGTERM is what SLURM, Kubernetes and spot
+    instances send before they kill a process.
     """
 
     def __init__(self):
@@ -329,7 +469,7 @@ class StopSignals:
 
     def handle(self, signum: int, frame: Any) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise Interrupted(signum, None, at_once=True)
         self.received = signum
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -9,7 +9,7 @@ import multiprocessing
 import os
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError
+from . import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +68,7 @@ def loader_processes(num_workers: int, world_size: int) -> dict[str, Any]:
     workers = min(num_workers, (os.cpu_count() or 1) // world_size)
     settings: dict[str, Any] = {"num_workers": workers, "persistent_workers": workers > 0}
     if workers and world_size > 1 and "forkserver" in multiprocessing.get_all_start_methods():
-        multiprocessing.set_forkserver_preload([f"{__package__}.data"])
+        multiprocessing.set_forkserver_preload([f"{__package__.split('.')[0]}.data"])
         settings["multiprocessing_context"] = "forkserver"
     return settings
 

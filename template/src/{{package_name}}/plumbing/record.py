@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .runs import home_of, read_checkpoint, write_atomically
+from . import UserError
+from .runs import read_checkpoint, run_folder_of, write_atomically
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
 def write_record(run_dir: Path, resumed: bool) -> dict[str, Any]:
@@ -33,7 +34,7 @@ def write_record(run_dir: Path, resumed: bool) -> dict[str, Any]:
     short["dirty"] = bool(git and git["dirty"])
     short["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
     if resumed and path.is_file():
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = read_record(path)
         record.setdefault("resumed", []).append(short)
         write_atomically(path, json.dumps(record, indent=2))
         return short
@@ -59,7 +60,7 @@ def command_line() -> str:
     """The command as typed: `my-project train --lr 0.01`, or `python -m my_project train`."""
     program = Path(sys.argv[0]).name
     if program == "__main__.py":  # a distributed worker: torchrun ran `python -m <package>`
-        program = f"python -m {__package__}"
+        program = f"python -m {__package__.split('.')[0]}"
     return " ".join([program, *map(shlex.quote, sys.argv[1:])])
 
 
@@ -129,10 +130,24 @@ def installed_packages() -> list[str]:
 
 def record_of(checkpoint: str | Path) -> dict[str, Any] | None:
     """The record of the run a checkpoint comes from: its run folder's, else its own copy."""
-    home = home_of(checkpoint)
-    if home is not None and (home / "record.json").is_file():
-        return json.loads((home / "record.json").read_text(encoding="utf-8"))
+    folder = run_folder_of(checkpoint)
+    if folder is not None and (folder / "record.json").is_file():
+        return read_record(folder / "record.json")
     return read_checkpoint(checkpoint).get("record")
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A run's record.json, or one line saying that it is damaged and what to do."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        record = error
+    if not isinstance(record, dict) or not isinstance(record.get("resumed", []), list):
+        raise UserError(
+            f"{path} is damaged (not the JSON object a run writes); restore it, or delete it "
+            "(a new record starts; checkpoints carry their own)"
+        )
+    return record
 
 
 def describe_source(record: dict[str, Any] | None) -> str:

@@ -81,9 +81,9 @@ def main() -> None:
         run_copy(str(source), project, data=answers, defaults=True, quiet=True)
         sys.path.insert(0, str(project / "src"))
         import torch
-        from bench.config import load_config
         from bench.data import build_datasets
-        from bench.training import make_loader
+        from bench.plumbing.settings import load_config
+        from bench.plumbing.training import make_loader
 
         started = time.perf_counter()
         paths = write_folder(tmp / "photos", args.count, size)

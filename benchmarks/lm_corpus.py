@@ -109,8 +109,8 @@ def prepare(project: Path, path: Path, output: Path, *settings: str) -> dict:
     """Encode a text as `train --data` does (build_datasets), in this process: wall and CPU
     seconds, and how much this process's peak memory grew (resource.ru_maxrss)."""
     sys.path.insert(0, str(project / "src"))
-    from bench.config import load_config
     from bench.data import build_datasets
+    from bench.plumbing.settings import load_config
 
     overrides = {"data.path": str(path), "train.output_dir": str(output)}
     overrides.update(setting.split("=", 1) for setting in settings)

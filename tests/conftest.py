@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from generator.questions import MATRIX_AXES, matrix, template_root
+from generator.questions import MATRIX_AXES, matrix, question, template_root
 
 REPO = Path(__file__).resolve().parent.parent
 COMBINATIONS = matrix()
@@ -66,14 +66,16 @@ def short(task: str) -> list[str]:
 
 
 def combination_id(combination: dict[str, str]) -> str:
-    return "-".join(combination[axis] for axis in MATRIX_AXES)
+    """image-classification-raw-cpu-scratch, ...; an axis left out takes its default."""
+    return "-".join(combination.get(axis) or question(axis).default for axis in MATRIX_AXES)
 
 
 def package_of(combination: dict[str, str]) -> str:
-    """A short, distinct package name per combination: img_raw_multi_gpu, ..."""
+    """A short, distinct package name per combination: img_raw_multi_gpu, txt_raw_cpu_pt..."""
     task = {"image": "img", "text": "txt", "tabular": "tab", "language": "lm"}
     short = task[combination["task"].split("-")[0]]
-    return f"{short}_{combination['framework']}_{combination['hardware']}".replace("-", "_")
+    name = f"{short}_{combination['framework']}_{combination['hardware']}".replace("-", "_")
+    return name + ("_pt" if combination.get("backbone") == "pretrained" else "")
 
 
 @pytest.fixture(scope="session")

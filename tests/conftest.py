@@ -22,6 +22,11 @@ from generator.questions import MATRIX_AXES, matrix, question, template_root
 REPO = Path(__file__).resolve().parent.parent
 COMBINATIONS = matrix()
 TASKS = sorted({c["task"] for c in COMBINATIONS})
+SCRATCH = [c for c in COMBINATIONS if c["backbone"] == "scratch"]
+PRETRAINED = [c for c in COMBINATIONS if c["backbone"] == "pretrained"]
+# No test downloads anything: the pretrained projects load tiny models that the tests build
+# (tiny_models), and whatever asks the Hugging Face hub is refused at once.
+os.environ["HF_HUB_OFFLINE"] = "1"
 # What a run folder holds (with the csv logger; TensorBoard adds tensorboard/). The projects
 # of the tests are not git repositories: no git.diff.
 RUN_FILES = {
@@ -386,6 +391,24 @@ def installed_project(template_copy, tmp_path_factory):
             )
             cache[key] = install(project, root / name / "venv")
         return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """tiny_models(installed, task): {name: folder} of the tiny stand-ins of hub models for
+    the pretrained projects of the task (tests/tiny_models.py), built once per test process
+    in the venv of one of them (`installed`), whose built-in data gives their vocabulary."""
+    built: dict[str, dict[str, Path]] = {}
+
+    def get(installed: Installed, task: str) -> dict[str, Path]:
+        if task not in built:
+            out = tmp_path_factory.mktemp(f"tiny-{task}")
+            script = [str(installed.python), str(REPO / "tests" / "tiny_models.py")]
+            result = run([*script, installed.package, task, str(out)], cwd=installed.project)
+            built[task] = {k: Path(v) for k, v in json.loads(result.stdout).items()}
+        return built[task]
 
     return get
 

@@ -330,9 +330,12 @@ def bad_data_cases(task: str, area: Path) -> list[Case]:
 
     folder = data / "a-folder.csv"
     folder.mkdir()
+    pipe = data / "pipe.csv"
+    os.mkfifo(pipe)  # exists, but is no file: never opened (it would wait for a writer)
     cases = [
         train("missing", data / "missing.csv", "does not exist"),
         train("folder", folder, "is a folder"),
+        train("named-pipe", pipe, "is not a regular file (a named pipe"),
     ]
     if task == "tabular-regression":
         latin = data / "latin1.csv"
@@ -425,6 +428,8 @@ def bad_data_cases(task: str, area: Path) -> list[Case]:
         unlabelled.write_text("text,label\nfine film,pos\njust a text\n" * 5)
         latin = data / "latin1.csv"
         latin.write_bytes("text,label\ncaf\xe9 film,pos\nbad,neg\n".encode("latin-1"))
+        unclosed = data / "unclosed.csv"  # the quote on line 3 swallowed every later line
+        unclosed.write_text('text,label\nfine film,pos\n"slow film,neg\n' + "good,pos\n" * 9)
         cases += [
             train(
                 "one-label",
@@ -433,6 +438,12 @@ def bad_data_cases(task: str, area: Path) -> list[Case]:
             ),
             train("unquoted-comma", comma, "line 3 has more fields than the header"),
             train("no-label", unlabelled, "line 3 has no label"),
+            train(
+                "unclosed-quote",
+                unclosed,
+                "the row from line 3 is not valid CSV (unexpected end of data); a text in "
+                "double quotes must end with one",
+            ),
             train("one-row", texts(data / "one.csv", n=1), "has 1 rows; at least two are needed"),
             train(
                 "wrong-columns",
@@ -469,8 +480,10 @@ def bad_data_cases(task: str, area: Path) -> list[Case]:
         hollow = images(data / "hollow")
         (hollow / "bird").mkdir()
         half = images(data / "half" / "train")
+        images(data / "uneven" / "train")
+        images(data / "uneven" / "val", classes=("cat",))  # no val/dog/
         (data / "a-file.png").write_bytes(b"")
-        cases = [c for c in cases if c.name != "folder"]
+        cases = [c for c in cases if c.name not in ("folder", "named-pipe")]
         cases += [
             train("decompression-bomb", bomb, "huge.png is too large to decode safely"),
             train("truncated-jpeg", cut, "photo.jpg (image file is truncated"),
@@ -479,6 +492,7 @@ def bad_data_cases(task: str, area: Path) -> list[Case]:
             train("one-class", lonely, "has 1 class sub-folders; expected at least two"),
             train("empty-class", hollow, "bird holds no images"),
             train("train-without-val", half.parent, "has train/ but no val/"),
+            train("val-lacks-a-class", data / "uneven", "uneven/val/dog is missing: add it"),
             train("every-mode", every_mode(data / "modes"), "", code=0),
             # Last (its setup stays): an image that fails in a DataLoader worker process,
             # whose error comes back wrapped in the worker's traceback.
@@ -520,19 +534,43 @@ def bad_data_cases(task: str, area: Path) -> list[Case]:
 
 
 def diverging_cases(task: str, area: Path) -> list[Case]:
-    """An absurd learning rate: one line naming the step and the loss, exit 1."""
-    argv = ["train", *CPU, "--max-steps", "10", "--set", "train.eval_every=1", "--lr", "1e6"]
-    argv += ["--output-dir", str(area / "runs"), "--name", "diverge"]
+    """An absurd learning rate: one line naming the step and the loss, exit 1.
+
+    Images: the case of issue 20, whose first evaluations were finite while batch norm's
+    running variance was inf; and a good run resumed with such a rate, whose last.ckpt must
+    stay the good one."""
+    runs, cwd = area / "runs", area / "cwd"
+    budget = ["--max-steps", "10", "--set", "train.eval_every=1"]
+    if task == "image-classification":
+        budget = ["--max-steps", "20", "--set", "train.eval_every=5"]
+    argv = ["train", *CPU, *budget, "--lr", "1e6", "--output-dir", str(runs), "--name", "diverge"]
+    diverging = Case(
+        "lr-1e6",
+        argv,
+        cwd,
+        code=1,
+        says="training diverged at step ",
+        watch=[area],
+        may_write=[runs],
+    )
+    if task != "image-classification":
+        return [diverging]
+    good = ["train", *CPU, "--max-steps", "10", "--set", "train.eval_every=5"]
+    good += ["--output-dir", str(runs), "--name", "good"]
+    last = runs / "good" / "checkpoints" / "last.ckpt"
+    resumed = ["train", "--resume", str(last), "--max-steps", "30", "--lr", "1e5"]
     return [
+        diverging,
+        Case("good", good, cwd, code=0, watch=[area], may_write=[runs]),
         Case(
-            "lr-1e6",
-            argv,
-            area / "cwd",
+            "resumed-lr-1e5",
+            resumed,
+            cwd,
             code=1,
-            says="training diverged at step ",
-            watch=[area],
-            may_write=[area / "runs"],
-        )
+            says=f"; the last good checkpoint is {last}",
+            watch=[last.parent],  # untouched
+            may_write=[runs / "good"],
+        ),
     ]
 
 
@@ -551,22 +589,24 @@ def checkpoint_is_finite(path: Path) -> bool:
     return all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
 
 
-def check_divergence(case: Case) -> None:
-    """Nothing of the diverged state was saved: every checkpoint is older, and finite."""
+def check_divergence(case: Case, folder: Path) -> None:
+    """Nothing of the diverged state was saved: every checkpoint of the run folder is older,
+    and finite (weights and buffers)."""
     message = case.result["stderr"].strip()
     step = int(message.split("at step ")[1].split(":")[0])
-    assert "the loss is" in message or "the validation loss is" in message, message
-    assert message.split(" is ")[1].split(";")[0] in ("nan", "inf", "-inf"), message
-    folder = Path(case.argv[case.argv.index("--output-dir") + 1]) / "diverge"
+    seen = message.split(": the ")[1].split(";")[0]  # "loss is nan", "model's x is nan or inf"
+    assert seen.startswith(("loss is ", "validation loss is ", "model's ")), message
+    assert seen.split(" is ")[1] in ("nan", "inf", "-inf", "nan or inf"), message
     checkpoints = list((folder / "checkpoints").glob("*"))
     assert all(p.suffix == ".ckpt" for p in checkpoints), checkpoints  # no temporary left
     for path in checkpoints:
         assert checkpoint_step(path) < step and checkpoint_is_finite(path), path
     last = folder / "checkpoints" / "last.ckpt"
     assert (f"the last good checkpoint is {last}" in message) == last.is_file(), message
-    with (folder / "metrics.csv").open() as file:
-        rows = list(csv.DictReader(file))
-    assert all(math.isfinite(float(v)) for row in rows for v in row.values()), rows
+    if (folder / "metrics.csv").is_file():  # Lightning writes it at the first evaluation
+        with (folder / "metrics.csv").open() as file:
+            rows = list(csv.DictReader(file))
+        assert all(math.isfinite(float(v)) for row in rows for v in row.values()), rows
 
 
 @pytest.mark.slow
@@ -576,9 +616,12 @@ def check_divergence(case: Case) -> None:
 def test_bad_data_is_one_line_and_divergence_stops_cleanly(task, framework, installed, tmp_path):
     project = installed(task, framework)
     area = tmp_path / "area"
-    cases = bad_data_cases(task, area) + diverging_cases(task, area)
-    check_all(project.drive(cases, tmp_path / "driver"))
-    check_divergence(cases[-1])
+    diverging = diverging_cases(task, area)
+    check_all(project.drive(bad_data_cases(task, area) + diverging, tmp_path / "driver"))
+    check_divergence(diverging[0], area / "runs" / "diverge")
+    if task == "image-classification":  # the good run resumed with a rate that diverges
+        check_divergence(diverging[-1], area / "runs" / "good")
+        assert checkpoint_step(area / "runs" / "good" / "checkpoints" / "last.ckpt") == 10
 
 
 # --- checkpoints and run folders ---------------------------------------------------------
@@ -654,6 +697,8 @@ def checkpoint_cases(framework: str, area: Path, other_run: Path) -> list[Case]:
         ),
         # Both engines train the same plain model: either reads the other's checkpoint.
         case(
+            # One checkpoint format: either engine's checkpoint evaluates (only its own
+            # engine resumes it).
             "evaluate-other-engine",
             "evaluate",
             "--checkpoint",
@@ -816,6 +861,115 @@ def checkpoint_cases(framework: str, area: Path, other_run: Path) -> list[Case]:
     ]
 
 
+def edited_cases(area: Path) -> list[Case]:
+    """Checkpoints and run files edited by hand (each command that reads them says so in one
+    line, naming the file); a run folder whose config.yaml was deleted (it resumes); export
+    --output where it cannot write."""
+    import torch
+
+    runs, cwd = area / "runs", area / "cwd"
+
+    def copy_run(name: str, edit=None) -> tuple[Path, Path]:
+        folder = runs / name
+        shutil.copytree(runs / "done", folder)
+        last = folder / "checkpoints" / "last.ckpt"
+        if edit is not None:
+            checkpoint = torch.load(last, weights_only=True)
+            edit(checkpoint["hyper_parameters"])
+            torch.save(checkpoint, last)
+        return folder, last
+
+    def readers(name: str, last: Path, says: str, commands=("evaluate", "predict", "export")):
+        given = {
+            "evaluate": ["evaluate", "--checkpoint", str(last), "--accelerator", "cpu"],
+            "predict": ["predict", "--checkpoint", str(last), str(area / "inputs.csv")],
+            "export": ["export", "--checkpoint", str(last), "--output", str(area / "x.pt2")],
+            "resume": ["train", *CPU, "--resume", str(last), "--max-steps", "6"],
+        }
+        # A resume claims its run folder (runs/<name>/.claim, removed as it fails): the files
+        # in it must be as they were.
+        watch = {"resume": [last.parent.parent]}
+        return [
+            Case(
+                f"{command}-{name}",
+                given[command],
+                cwd,
+                says=says,
+                watch=watch.get(command, [area]),
+            )
+            for command in commands
+        ]
+
+    every = ("evaluate", "predict", "export", "resume")
+    _, no_columns = copy_run("no-columns", lambda h: h["meta"].pop("numeric"))
+    _, no_target = copy_run("no-target", lambda h: h["meta"].pop("target"))
+    _, no_config = copy_run("config-empty", lambda h: h.update(cfg={}))
+    _, narrower = copy_run("narrower", lambda h: h["cfg"]["model"].update(hidden=64))
+    edited = "; the checkpoint was edited or damaged"
+    cases = [
+        *readers("meta-without-columns", no_columns, f"(KeyError: 'numeric'){edited}", every),
+        *readers("meta-without-target", no_target, f"(KeyError: 'target'){edited}", ["predict"]),
+        *readers("config-empty", no_config, "lacks parts of a checkpoint", every),
+        *readers("narrower-model", narrower, "its weights do not fit the model", every),
+    ]
+    for name, text in (("broken", "{broken"), ("list", "[1, 2]")):
+        folder, last = copy_run(f"record-{name}")
+        (folder / "record.json").write_text(text)
+        says = f"{folder / 'record.json'} is damaged (not the JSON object a run writes)"
+        cases += readers(f"record-{name}", last, says, ["evaluate", "resume"])
+    folder, last = copy_run("latin-1")
+    metrics = folder / "metrics.csv"
+    metrics.write_bytes(metrics.read_bytes().replace(b"val/mse", b"val/m\xe9e", 1))
+    cases += readers("latin-1-metrics", last, f"{metrics} is not a CSV file of UTF-8", ["resume"])
+    folder, last = copy_run("no-config")
+    (folder / "config.yaml").unlink()
+    resume = ["train", *CPU, "--resume", str(last), "--max-steps", "6"]
+    cases.append(Case("resume-without-config", resume, cwd, 0, watch=[area], may_write=[folder]))
+    best = str(runs / "done" / "checkpoints" / "best.ckpt")
+    output = ["export", "--checkpoint", best, "--output"]
+    cases += [
+        Case(
+            "export-into-a-missing-folder",
+            [*output, str(area / "nosuch" / "x.pt2")],
+            cwd,
+            says=f"goes into {area / 'nosuch'}, which does not exist",
+            watch=[area],
+        ),
+        Case("export-onto-a-folder", [*output, str(cwd)], cwd, says="is a folder", watch=[area]),
+    ]
+    return cases
+
+
+# W&B with no credentials (the tests' machines have none, nor a network): WANDB_MODE as given.
+NO_WANDB_KEY = """
+import os
+home = {home!r}
+os.environ.update(WANDB_MODE={mode!r}, HOME=home, NETRC=home + "/.netrc")
+os.environ.update(WANDB_CONFIG_DIR=home + "/config", WANDB_DIR=home + "/wandb")
+os.environ.pop("WANDB_API_KEY", None)
+"""
+
+
+def wandb_cases(area: Path) -> list[Case]:
+    home = area / "home"
+    train = ["train", *CPU, *FEW_STEPS, "--logger", "wandb", "--output-dir", str(area / "runs")]
+    return [
+        Case(
+            f"wandb-{mode}",
+            [*train, "--name", f"wandb-{mode}"],
+            area / "cwd",
+            says=says,
+            watch=[area],
+            may_write=[home],
+            setup=NO_WANDB_KEY.format(home=str(home), mode=mode),
+        )
+        for mode, says in (
+            ("bogus", "WANDB_MODE=bogus is not a mode of W&B: set it to online, offline"),
+            ("online", "WANDB_MODE=online, but no W&B API key is set up here: run `wandb login`"),
+        )
+    ]
+
+
 class Payload:
     """Unpickled, it would create a file: it must never be."""
 
@@ -834,9 +988,13 @@ def test_checkpoints_and_run_folders_are_one_line(framework, installed, trained,
     project = installed(task, framework)
     area = tmp_path / "area"
     shutil.copytree(trained(task, framework), area / "runs" / "done")
-    cases = checkpoint_cases(framework, area, trained(task, OTHER[framework]))
-    check_all(project.drive(cases, tmp_path / "driver"))
+    cases = edited_cases(area) + checkpoint_cases(framework, area, trained(task, OTHER[framework]))
+    # Last: they set W&B's environment variables in the driver's process.
+    check_all(project.drive(cases + wandb_cases(area), tmp_path / "driver"))
     assert not (area / "pwned").exists(), "a checkpoint's pickle ran code"
+    # A run folder without its config.yaml resumed in place, and wrote it again.
+    assert checkpoint_step(area / "runs" / "no-config" / "checkpoints" / "last.ckpt") == 6
+    assert (area / "runs" / "no-config" / "config.yaml").is_file()
     # The new run from a checkpoint outside a run folder is a run folder of its own.
     started = area / "runs" / "from-downloads"
     assert {"config.yaml", "metrics.csv"} <= {p.name for p in started.iterdir()}
@@ -847,6 +1005,193 @@ def test_checkpoints_and_run_folders_are_one_line(framework, installed, trained,
     assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
     best = min(rows, key=lambda row: row["val/mse"])
     assert checkpoint_step(area / "runs" / "done" / "checkpoints" / "best.ckpt") == best["step"]
+
+
+# --- sweeps and folds: nothing mixed, nothing lost --------------------------------------
+
+SPACE = {"trials": 2, "pruner": None, "params": {"train.lr": {"low": 1e-3, "high": 1e-2}}}
+QUICK = [*CPU, "--max-steps", "2", "--set", "train.eval_every=1"]
+QUICK_SWEEP = [arg for arg in QUICK if arg not in ("--devices", "1")]  # one device a trial
+
+
+def space_file(path: Path, edit: dict | None = None, **changes) -> Path:
+    """SPACE with these top-level changes, and `edit` merged into train.lr's range."""
+    import yaml
+
+    space = {**SPACE, **changes}
+    if edit is not None:
+        space["params"] = {"train.lr": {**SPACE["params"]["train.lr"], **edit}}
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def sweep_and_folds_cases(area: Path) -> list[Case]:
+    """Search spaces with typos, wrong types or impossible ranges; sweeps whose storage lost
+    their trials; k folds of another split under the same name; folders through a missing
+    one. All refused before any trial or fold trains, nothing written."""
+    import sqlite3
+
+    runs, cwd, spaces = area / "runs", area / "cwd", area / "spaces"
+    spaces.mkdir(parents=True)
+    sweep = ["sweep", *QUICK_SWEEP, "--output-dir", str(runs)]
+    ok = space_file(spaces / "ok.yaml")
+
+    def refused(name: str, argv: list[str], says: str, watch=(area,), **kwargs) -> Case:
+        return Case(name, argv, cwd, says=says, watch=[*watch], **kwargs)
+
+    def space_case(name: str, says: str, **changes) -> Case:
+        argv = [*sweep, "--space", str(space_file(spaces / f"{name}.yaml", **changes))]
+        return refused(f"space-{name}", [*argv, "--name", name], says)
+
+    cases = [
+        space_case(
+            "typo", "unknown key 'trails'; a search space has trials, params, pruner", trails=3
+        ),
+        space_case(
+            "trials-true", "trials must be a whole number, 1 or more; got True", trials=True
+        ),
+        space_case("step-0", "train.lr: step must be above 0; got 0.0", edit={"step": 0}),
+        space_case("step-negative", "train.lr: step must be above 0; got -1.0", edit={"step": -1}),
+        space_case(
+            "high-inf",
+            "train.lr: low, high and step must be finite numbers",
+            edit={"high": float("inf")},
+        ),
+        space_case(
+            "pruner-negative",
+            "pruner needs startup_trials and warmup_evaluations, whole numbers, 0 or more",
+            pruner={"startup_trials": -1, "warmup_evaluations": 1},
+        ),
+        space_case(
+            "output-dir",
+            "train.output_dir cannot be searched: the sweep sets it for each trial",
+            params={"train.output_dir": {"choices": ["a", "b"]}},
+        ),
+        space_case(
+            "name",
+            "train.name cannot be searched: the sweep sets it for each trial",
+            params={"train.name": {"choices": ["a", "b"]}},
+        ),
+        refused("trials-0", [*sweep, "--space", str(ok), "--trials", "0"], "--trials must be 1"),
+        refused(
+            "trials-negative",
+            [*sweep, "--space", str(ok), "--trials", "-1"],
+            "--trials must be 1 or more; got -1",
+        ),
+    ]
+    # A sweep of two trials, and one of one: then the first one's storage emptied, replaced
+    # by the second one's, or by a database of another schema.
+    done = runs / "sweeps" / "done"
+    cases += [
+        Case("sweep", [*sweep, "--space", str(ok), "--name", "done"], cwd, 0, may_write=[runs]),
+        Case(
+            "other",
+            [*sweep, "--space", str(ok), "--name", "other", "--trials", "1"],
+            cwd,
+            0,
+            may_write=[runs],
+        ),
+    ]
+    again = [*sweep, "--space", str(ok), "--name", "done", "--trials", "3"]
+    lost = f"{done} holds 2 trials (trial-000...) that the sweep's storage sqlite:///"
+    # Opening the storage may make its tables (and a journal beside it, that changes the
+    # folder's time); the lock file is touched. trials.csv and best.yaml are checked after.
+    may_write = [done]
+    emptied = f"\nopen({str(done / 'study.db')!r}, 'w').close()"
+    replaced = f"import shutil; shutil.copy({str(runs / 'sweeps' / 'other' / 'study.db')!r}, "
+    replaced += f"{str(done / 'study.db')!r})"
+    schema = runs / "sweeps" / "schema"
+    schema.mkdir(parents=True)
+    with sqlite3.connect(schema / "study.db") as db:
+        db.execute("create table studies (x int)")
+    cases += [
+        refused("storage-emptied", again, lost, setup=emptied, may_write=may_write),
+        refused("storage-of-another-sweep", again, lost, setup=replaced, may_write=may_write),
+        refused(
+            "storage-of-another-schema",
+            [*sweep, "--space", str(ok), "--name", "schema"],
+            f"cannot use the sweep's storage sqlite:///{schema / 'study.db'}: it is not a "
+            "storage of Optuna",
+            may_write=[schema],
+        ),
+    ]
+    # k folds: another K, another seed, a damaged folds.json; too few rows for the folds.
+    folds = ["train", *QUICK, "--output-dir", str(runs), "--name", "cv", "--folds"]
+    cv = [runs / "cv"]  # its files; its claim, taken while it checks, is gone after
+    cases += [
+        Case("folds", [*folds, "2"], cwd, 0, may_write=[runs]),
+        refused(
+            "folds-another-k",
+            [*folds, "3"],
+            f"{runs / 'cv'} holds the folds of a 2-fold split; --folds 3 there would mix",
+            watch=cv,
+        ),
+        refused(
+            "folds-another-seed",
+            [*folds, "2", "--seed", "7"],
+            "holds folds trained with other settings (train.seed: 42 -> 7)",
+            watch=cv,
+        ),
+        refused(
+            "folds-damaged",
+            [*folds, "2"],
+            f"{runs / 'cv' / 'folds.json'} is damaged",
+            setup=f"open({str(runs / 'cv' / 'folds.json')!r}, 'w').write('{{broken')",
+            watch=cv,
+            may_write=[runs / "cv" / "folds.json"],
+        ),
+        refused(
+            "folds-of-one-row",
+            [
+                *folds[:-3],
+                "--name",
+                "four",
+                "--data",
+                str(table(area / "four.csv", n=4)),
+                "--folds",
+                "4",
+            ],
+            "4 examples make folds of 1, and a validation split needs 2 at least; use --folds 2",
+            watch=[runs],  # runs/four/fold-1/, made for the claims, removed again
+        ),
+    ]
+    # An output folder through a missing one: nothing created there, by any command.
+    through = str(Path("out", "nosuch", "..", "x_out"))
+    says = f"--output-dir {through} goes through {Path('out', 'nosuch')}, which does not exist"
+    for name, command in (
+        ("train", ["train", *QUICK]),
+        ("folds", ["train", *QUICK, "--folds", "2"]),
+        ("sweep", ["sweep", *QUICK_SWEEP, "--space", str(ok)]),
+    ):
+        argv = [*command, "--output-dir", through, "--name", "x"]
+        cases.append(refused(f"{name}-through-a-missing-folder", argv, says))
+    return cases
+
+
+# Keeps what the sweep wrote before its storage is emptied (the driver's setup runs first).
+KEEP_RESULTS = """
+import shutil
+for name in ("trials.csv", "best.yaml"):
+    shutil.copy({done!r} + "/" + name, {kept!r} + "/" + name)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sweeps_and_folds_refuse_to_mix_or_lose_results(installed, tmp_path):
+    project = installed("tabular-regression", "raw")
+    area, kept = tmp_path / "area", tmp_path / "kept"
+    kept.mkdir()
+    cases = sweep_and_folds_cases(area)
+    done = area / "runs" / "sweeps" / "done"
+    (emptied,) = [case for case in cases if case.name == "storage-emptied"]
+    emptied.setup = KEEP_RESULTS.format(done=str(done), kept=str(kept)) + emptied.setup
+    check_all(project.drive(cases, tmp_path / "driver"))
+    # Refused, the sweep left its results as they were: two trials, and the best of them.
+    for name in ("trials.csv", "best.yaml"):
+        assert (done / name).read_bytes() == (kept / name).read_bytes(), name
+    assert len((done / "trials.csv").read_text().splitlines()) == 1 + 2
+    assert not list(area.rglob(".claim")), "a claim was left behind"
 
 
 # --- a disk that is full or read-only ----------------------------------------------------

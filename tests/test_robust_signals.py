@@ -5,6 +5,8 @@ that was never stopped.
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import command_env, run
 from test_robust import CPU, FEW_STEPS, Case, check_all, checkpoint_step, installer
 
@@ -334,3 +337,272 @@ def test_a_nan_loss_leaves_the_previous_checkpoints_as_they_were(framework, inst
     assert f"the last good checkpoint is {checkpoints / 'last.ckpt'}" in message
     assert checkpoint_step(checkpoints / "last.ckpt") == 2
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+# --- one process per run folder ----------------------------------------------------------
+
+# A run that holds still in its first training step (having claimed its folder, written its
+# config) until the file `release` appears; it says so by creating `marker`.
+HOLD = """
+import importlib, os, sys, time, torch
+package, marker, release = sys.argv[1:4]
+engine = importlib.import_module(package + ".engine")
+step = engine.step
+
+def held_step(model, batch):
+    if torch.is_grad_enabled() and not os.path.exists(release):
+        open(marker, "w").close()
+        while not os.path.exists(release):
+            time.sleep(0.05)
+    return step(model, batch)
+
+engine.step = held_step
+sys.argv = sys.argv[4:]
+importlib.import_module(package + ".cli").main()
+"""
+
+# Kills a holder (kill -9: its claim stays written, its lock goes with the process).
+KILL = """
+import fcntl, os, signal, time
+os.kill({pid}, signal.SIGKILL)
+with open({claim!r}) as file:
+    while True:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            time.sleep(0.05)
+    fcntl.flock(file, fcntl.LOCK_UN)
+"""
+
+
+def hold(project, folder: Path, argv: list[str]) -> tuple[subprocess.Popen, Path]:
+    """A process of the project that trains `argv` and holds in its first step; returns it
+    and the file whose creation releases it."""
+    folder.mkdir(parents=True)
+    marker, release = folder / "holding", folder / "release"
+    process = subprocess.Popen(
+        [str(project.python), "-c", HOLD, project.package, str(marker), str(release)]
+        + [project.slug, *argv],
+        cwd=folder,
+        env=command_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_for(marker, process)
+    return process, release
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("framework", ["raw", "lightning"])
+def test_a_run_folder_is_claimed_by_one_process_at_a_time(framework, installed, tmp_path):
+    """Two processes, one run name: the second is refused, naming the first; --folds claim
+    their folder too; a claim whose process was killed (kill -9) is taken over, with a note."""
+    project = installed("tabular-regression", framework)
+    area, runs = tmp_path / "area", tmp_path / "runs"
+    train = ["train", *CPU, "--max-steps", "4", "--set", "train.eval_every=2"]
+    first, _ = hold(
+        project, tmp_path / "first", [*train, "--output-dir", str(runs), "--name", "same"]
+    )
+    folds = [*train, "--output-dir", str(runs), "--folds", "2", "--name", "cv"]
+    k_fold, release = hold(project, tmp_path / "folds", folds)
+    try:
+        in_use = "is in use by process {} on "
+        cases = [
+            Case(
+                "same-name",
+                [*train, "--output-dir", str(runs), "--name", "same"],
+                area,
+                says=f"run folder {runs / 'same'} {in_use.format(first.pid)}",
+                watch=[runs],
+            ),
+            Case(
+                "same-folds",
+                folds,
+                area,
+                says=f"run folder {runs / 'cv'} {in_use.format(k_fold.pid)}",
+                watch=[runs],
+            ),
+            Case(
+                "one-of-its-folds",
+                [*train, "--output-dir", str(runs / "cv"), "--name", "fold-1"],
+                area,
+                says=f"run folder {runs / 'cv' / 'fold-1'} {in_use.format(k_fold.pid)}",
+                watch=[runs],
+            ),
+            # The first one killed before its first checkpoint: its folder is taken over.
+            Case(
+                "after-a-kill",
+                [*train, "--output-dir", str(runs), "--name", "same"],
+                area,
+                0,
+                setup=KILL.format(pid=first.pid, claim=str(runs / "same" / ".claim")),
+                may_write=[runs / "same"],
+            ),
+        ]
+        check_all(project.drive(cases, tmp_path / "driver"))
+    finally:
+        first.kill()
+        release.touch()
+    output = k_fold.communicate(timeout=300)[0]
+    assert first.wait() == -signal.SIGKILL
+    assert k_fold.returncode == 0, output
+    note = f"note: taking over {runs / 'same'} from process {first.pid} on "
+    assert note in cases[-1].result["stdout"], cases[-1].result["stdout"]
+    assert checkpoint_step(runs / "same" / "checkpoints" / "last.ckpt") == 4
+    steps = [line.split(",")[0] for line in metrics_text(runs / "same").splitlines()[1:]]
+    assert steps == ["2", "4"], steps  # one run's rows, once each
+    assert "folds: " in output, output
+    assert not list(runs.rglob(".claim")), "a claim was left behind"
+
+
+# --- an interrupt after a step that was due an evaluation; settings given on resume -------
+
+# A nan loss at the {at}th training step of this process (once).
+NAN_AT_STEP = """
+import importlib, torch
+engine = importlib.import_module(package + ".engine")
+step = engine.step
+calls = []
+
+def nan_once(model, batch):
+    loss, outputs, targets = step(model, batch)
+    if torch.is_grad_enabled():
+        calls.append(1)
+        if len(calls) == {at}:
+            loss = loss * float("nan")
+    return loss, outputs, targets
+
+engine.step = nan_once
+"""
+
+# Writes the learning rate of each training step of this process to `path` (JSON), as the
+# optimizer has it when the step runs.
+RECORD_LR = """
+import importlib, json, torch
+made = []
+init = torch.optim.AdamW.__init__
+
+def recording_init(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    made.append(self)
+
+torch.optim.AdamW.__init__ = recording_init
+engine = importlib.import_module(package + ".engine")
+step = engine.step
+rates = []
+
+def recording_step(model, batch):
+    if torch.is_grad_enabled():
+        rates.append(made[-1].param_groups[0]["lr"])
+        open({path!r}, "w").write(json.dumps(rates))
+    return step(model, batch)
+
+engine.step = recording_step
+"""
+
+# Two SIGINTs in the 7th training step: the second one stops at once.
+TWO_SIGINTS = SIGNAL_AT_STEP.replace(
+    "os.kill(os.getpid(), signal.{name})",
+    "os.kill(os.getpid(), signal.{name})\n            os.kill(os.getpid(), signal.{name})",
+)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("framework", ["raw", "lightning"])
+def test_an_interrupt_and_settings_given_on_resume(framework, installed, tmp_path):
+    """Ctrl-C after a step that is due an evaluation: it evaluates before it stops, and the
+    resumed run has every row of an uninterrupted one. A second Ctrl-C stops at once, in one
+    line. On resume, a new learning rate applies from the next step (it used to diverge
+    again at the old one), a new budget and patience apply, and the settings that decide
+    the data, the batches or the model are refused."""
+    project = installed("tabular-regression", framework)
+    area = tmp_path / "area"
+    runs = area / "runs"
+    every = ["train", *CPU, "--max-steps", "30", "--seed", "7", "--output-dir", str(runs)]
+    every += ["--set", "train.eval_every=1", "--set", "train.patience=0"]
+    resume = ["train", "--output-dir", str(runs), "--resume", "last", "--name"]
+    interrupted = {"code": 128 + signal.SIGINT, "starts": "interrupted", "may_write": [runs]}
+    # At --lr 1, a nan loss at step 3 (what too high a rate does): last.ckpt holds step 2.
+    diverging = ["train", *CPU, "--lr", "1", "--max-steps", "10", "--set", "train.eval_every=1"]
+    rates = tmp_path / "rates.json"
+    cases = [
+        Case("uninterrupted", [*every, "--name", "ref"], area, 0, may_write=[runs]),
+        Case(
+            "sigint-after-a-due-step",
+            [*every, "--name", "stopped"],
+            area,
+            says=f"interrupted (SIGINT after step 16): saved {runs / 'stopped'}",
+            setup=SIGNAL_AT_STEP.format(at=16, name="SIGINT"),
+            **interrupted,
+        ),
+        Case("resumed", [*resume, "stopped"], area, 0, may_write=[runs]),
+        Case(
+            "sigint-twice",
+            [*every, "--name", "twice", "--set", "train.eval_every=5"],
+            area,
+            says="interrupted (SIGINT again, stopped at once): last checkpoint "
+            f"{runs / 'twice' / 'checkpoints' / 'last.ckpt'}; continue with: ",
+            setup=TWO_SIGINTS.format(at=7, name="SIGINT"),
+            **interrupted,
+        ),
+        Case(
+            "diverges-at-step-3",
+            [*diverging, "--output-dir", str(runs), "--name", "lr"],
+            area,
+            1,
+            says="training diverged at step 3: the loss is nan; lower the learning rate",
+            setup=NAN_AT_STEP.format(at=3),
+            may_write=[runs],
+        ),
+        Case(
+            "resume-another-batch-size",
+            [*resume, "lr", "--lr", "1e-3", "--batch-size", "32"],
+            area,
+            says="-> 32: cannot change when a run resumes",
+            watch=[runs / "lr"],
+        ),
+        Case(
+            "resume-another-model",
+            [*resume, "lr", "--lr", "1e-3", "--set", "model.hidden=32"],
+            area,
+            says="was trained with other model settings (model.hidden: 128 -> 32)",
+            watch=[runs / "lr"],
+        ),
+        Case(
+            "resume-a-new-lr",
+            [*resume, "lr", "--lr", "1e-3"],
+            area,
+            0,
+            setup=RECORD_LR.format(path=str(rates)),
+            may_write=[runs],
+        ),
+        # No warning (Lightning's early stopping callback is there, with or without patience).
+        Case(
+            "resume-more-steps-no-patience",
+            [*resume, "lr", "--max-steps", "12", "--set", "train.patience=0"],
+            area,
+            0,
+            may_write=[runs],
+        ),
+    ]
+    check_all(project.drive(cases, tmp_path / "driver"))
+    assert metrics_text(runs / "stopped") == metrics_text(runs / "ref")
+    assert checkpoint_step(runs / "twice" / "checkpoints" / "last.ckpt") == 5
+    # The resumed steps trained at the new rate from the first one on (they took the old
+    # one for a step, and diverged again), decaying from it; metrics.csv shows the same.
+    trained_at = json.loads(rates.read_text())
+    assert trained_at[0] == pytest.approx(1e-3) and max(trained_at) <= 1e-3 * (1 + 1e-9)
+    rows = read_rows(runs / "lr")
+    assert [row["step"] for row in rows] == [str(step) for step in range(1, 13)]
+    assert all(float(row["lr"]) > 0.5 for row in rows[:2]), rows  # --lr 1, decaying
+    assert all(0 < float(row["lr"]) <= 1e-3 for row in rows[2:]), rows
+    settings = yaml.safe_load((runs / "lr" / "config.yaml").read_text())["train"]
+    assert (settings["lr"], settings["max_steps"], settings["patience"]) == (1e-3, 12, 0)
+    assert not cases[-1].result["stderr"].strip()  # Lightning missed no callback's state
+
+
+def read_rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open(newline="") as file:
+        return list(csv.DictReader(file))

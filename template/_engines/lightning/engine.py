@@ -14,12 +14,13 @@ import math
 import os
 import sys
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader
 
 from .config import TASK, Config
@@ -55,12 +56,10 @@ class TaskModule(L.LightningModule):
         self.model = build_model(self.cfg, meta)
         self.val_metrics = build_metrics(meta).clone(prefix="val/")
         self.val_loss = training.val_loss_metric()
-        # The training loss since the last evaluation, in the checkpoint for an exact resume.
-        self.register_buffer("loss_sum", torch.zeros(()))
-        self.register_buffer("loss_count", torch.zeros(()))
-        self.best: dict[str, float] = {}  # the best evaluation's row (training.better)
-        self.last: dict[str, float] = {}
-        self.bad_evals = 0  # evaluations since the best one
+        # The training loss since the last evaluation, summed on each process (as a buffer,
+        # DDP would copy rank 0's to the others), and saved in checkpoints.
+        self.loss_sum, self.loss_count = torch.zeros(()), torch.zeros(())
+        self.evals = training.Evaluations()
         self.record: dict | None = None  # what produced the run, in short (rank 0)
         self.resumed: dict | None = None  # the checkpoint a run resumes from
 
@@ -85,8 +84,7 @@ class TaskModule(L.LightningModule):
         self.val_metrics.update(outputs.float(), targets)
 
     def on_validation_epoch_end(self) -> None:
-        # Computed once an evaluation (logging metric objects per batch costs milliseconds a
-        # batch), and reduced over the DDP processes already.
+        # Once an evaluation: logging metric objects per batch costs milliseconds a batch.
         scores = {"val/loss": self.val_loss.compute(), **self.val_metrics.compute()}
         self.val_loss.reset()
         self.val_metrics.reset()
@@ -98,17 +96,14 @@ class TaskModule(L.LightningModule):
         if not math.isfinite(row["val/loss"]):  # before anything is logged or saved
             raise Diverged(self.global_step, row["val/loss"], self.lr, "validation loss")
         check_finite(self.model, self.global_step, self.lr)
-        self.loss_sum.zero_()
-        self.loss_count.zero_()
-        self.last = row
-        if training.better(row, self.best):
-            self.best, self.bad_evals = row, 0
-        else:
-            self.bad_evals += 1
-        # float64: the logged values are those of the raw engine, to the last digit.
-        self.log_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in row.items()})
+        self.loss_sum.zero_(), self.loss_count.zero_()
+        self.evals.add(row)
+        # float64: Lightning would round the learning rate to float32. The values are equal
+        # on every process already; sync_dist leaves them so.
+        values = {k: torch.tensor(v, dtype=torch.float64) for k, v in row.items()}
+        self.log_dict(values, sync_dist=True)
         # What EarlyStopping follows: it grows exactly when an evaluation is better.
-        self.log("best_step", float(self.best["step"]), logger=False)
+        self.log("best_step", float(self.evals.best["step"]), logger=False, sync_dist=True)
 
     @property
     def lr(self) -> float:
@@ -120,30 +115,31 @@ class TaskModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def on_train_start(self) -> None:
+        loss = self.resumed["loss"] if self.resumed else [0.0, 0.0]
+        self.loss_sum, self.loss_count = torch.tensor(loss, device=self.device)
         if self.resumed is None:
             return
         training.set_rng_state(self.resumed["rng"])
         saved = self.resumed["hyper_parameters"]["cfg"]["train"]
         schedule = (self.optimizers(), self.lr_schedulers(), self.cfg, saved, self.global_step)
         training.continue_schedule(*schedule)
-        if self.trainer.early_stopping_callback is not None:  # it restored the old patience
-            self.trainer.early_stopping_callback.patience = self.cfg.train.patience
+        # Early stopping restored the patience of the checkpoint: the one given now applies.
+        self.trainer.early_stopping_callback.patience = self.cfg.train.patience or math.inf
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Besides the weights and hyperparameters: the progress and the random state, for a
         # resume that continues as the original would, in the raw engine's format.
         epoch = self.trainer.train_dataloader.state_dict()["epoch"]
-        progress = {"step": self.global_step, "epoch": epoch, "bad_evals": self.bad_evals}
-        progress |= {"best": self.best, "last": self.last}
+        progress = {"step": self.global_step, "epoch": epoch, **asdict(self.evals)}
         checkpoint.update(task=TASK, engine=ENGINE, progress=progress, record=self.record)
-        checkpoint["rng"] = training.get_rng_state()
+        loss = [self.loss_sum.item(), self.loss_count.item()]
+        checkpoint.update(rng=training.get_rng_state(), loss=loss)
         tracker = self.trainer.loggers[-1]
         checkpoint["tracker_run_id"] = tracker.version if len(self.trainer.loggers) > 1 else None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         progress = checkpoint["progress"]
-        self.best, self.last = progress["best"], progress["last"]
-        self.bad_evals = progress["bad_evals"]
+        self.evals = training.Evaluations.of(progress)
         self.resumed = checkpoint
 
 
@@ -178,9 +174,14 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     run_dir, continuing = runs.choose_run_dir(cfg, resume)
     first = global_rank() == 0
     with runs.RunClaim(run_dir, new_run=not continuing) if first else contextlib.nullcontext():
+        if continuing and first:
+            runs.check_continuable(run_dir)
         L.seed_everything(t.seed, workers=True, verbose=False)
-        data = DataModule(cfg, checkpoint["hyper_parameters"]["meta"] if checkpoint else None)
-        module = TaskModule(cfg.to_dict(), data.meta)
+        with runs.rebuilding_from(resume) if resume else contextlib.nullcontext():
+            data = DataModule(cfg, checkpoint["hyper_parameters"]["meta"] if checkpoint else None)
+            module = TaskModule(cfg.to_dict(), data.meta)
+        if checkpoint is not None:  # before Lightning loads them, in words of its own
+            runs.load_weights(module.model, runs.model_weights(checkpoint), resume)
         signals = training.StopSignals()
         trainer = make_trainer(cfg, data, signals, checkpoint if continuing else None, trial)
         baseline = {}
@@ -202,9 +203,9 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     if not trainer.is_global_zero:
         return None
     reason = "max_steps" if trainer.global_step >= t.max_steps else "epochs"
-    if t.patience and module.bad_evals >= t.patience:
+    if t.patience and module.evals.bad_evals >= t.patience:
         reason = "early_stopping"
-    return Outcome(reason, module.best, module.last, baseline)
+    return Outcome(reason, module.evals.best, module.evals.last, baseline)
 
 
 def make_trainer(cfg: Config, data: DataModule, signals, resumed: dict | None, trial) -> L.Trainer:
@@ -215,12 +216,11 @@ def make_trainer(cfg: Config, data: DataModule, signals, resumed: dict | None, t
     world_size = devices * t.num_nodes
     batches = len(make_loader(data.train_set, cfg, 0, world_size, device, train=True))
     interval = training.eval_interval(cfg, batches)
-    callbacks = [
-        ModelCheckpoint(folder, save_top_k=0, save_last=True),  # last.ckpt at each evaluation
-        parts.RunCheckpoints(cfg, signals),  # best.ckpt, and last.ckpt when interrupted
-    ]
-    if t.patience:
-        callbacks.append(EarlyStopping("best_step", mode="max", patience=t.patience))
+    # RunCheckpoints: last.ckpt at each evaluation and on an interrupt, best.ckpt at each
+    # better one. EarlyStopping is always there (patience 0: never stopping) so that its count
+    # is in every checkpoint, for a resume that turns it on.
+    stopping = EarlyStopping("best_step", mode="max", patience=t.patience or math.inf)
+    callbacks = [parts.RunCheckpoints(cfg, signals), stopping]
     if trial is not None:
         callbacks.append(parts.Pruning(trial))
     loggers = [parts.MetricsCSV(cfg.run_dir, t.max_steps, resumed and resumed["progress"]["step"])]

@@ -18,7 +18,7 @@ import gc
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +42,21 @@ from .plumbing.reporting import save_baseline, show
 from .plumbing.runs import (
     RUN_NAME_ENV,
     RunClaim,
+    check_continuable,
     check_resumable,
+    load_weights,
     prepare_run_dir,
     read_checkpoint,
+    rebuilding_from,
     save_atomically,
 )
 from .plumbing.tracking import MetricsLog, Progress
 from .plumbing.training import (
     Diverged,
+    Evaluations,
     Interrupted,
     Outcome,
     StopSignals,
-    better,
     build_optimizer,
     check_finite,
     continue_schedule,
@@ -71,14 +74,11 @@ ENGINE = "raw"
 
 
 @dataclass
-class State:
-    """How far the run is: optimizer steps, the epoch in progress, the evaluations."""
+class State(Evaluations):
+    """How far the run is: optimizer steps, the epoch in progress, and the evaluations."""
 
     step: int = 0
     epoch: int = 0  # counted from 0 here; printed and logged from 1
-    best: dict[str, float] = field(default_factory=dict)  # the best evaluation's row
-    last: dict[str, float] = field(default_factory=dict)  # the latest evaluation's row
-    bad_evals: int = 0  # evaluations since the best one
 
 
 @dataclass
@@ -128,7 +128,10 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     # The parent of a --devices N launch holds the folder's claim; else rank 0 does.
     claims = rank == 0 and RUN_NAME_ENV not in os.environ
     with RunClaim(run_dir, new_run=not continuing) if claims else contextlib.nullcontext():
-        run = setup(cfg, run_dir, rank, world_size, device, checkpoint)
+        if continuing and rank == 0:
+            check_continuable(run_dir)
+        with rebuilding_from(resume) if resume else contextlib.nullcontext():
+            run = setup(cfg, run_dir, rank, world_size, device, checkpoint, resume)
         baseline = start_reporting(run, checkpoint if continuing else None) if rank == 0 else {}
         try:
             with StopSignals() as signals:
@@ -145,8 +148,8 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
 # --- setup -------------------------------------------------------------------------------
 
 
-def setup(cfg, run_dir, rank, world_size, device, checkpoint) -> Run:
-    """The data, the model and its optimizer, from the checkpoint when there is one."""
+def setup(cfg, run_dir, rank, world_size, device, checkpoint, path=None) -> Run:
+    """The data, the model and its optimizer, from the checkpoint (at `path`) when there is one."""
     t = cfg.train
     seed_everything(t.seed)  # every rank starts from the same seed, hence the same model
     meta = checkpoint["hyper_parameters"]["meta"] if checkpoint else None
@@ -180,16 +183,16 @@ def setup(cfg, run_dir, rank, world_size, device, checkpoint) -> Run:
         loss_count=torch.zeros((), device=device),
     )
     if checkpoint is not None:
-        restore(run, checkpoint)
+        restore(run, checkpoint, path)
     if t.compile:
         model.compile()  # in place: the checkpoint's keys stay those of the model
     run.net = wrap(model, world_size, device)
     return run
 
 
-def restore(run: Run, checkpoint: dict[str, Any]) -> None:
+def restore(run: Run, checkpoint: dict[str, Any], path: str | Path | None = None) -> None:
     """Continue from a checkpoint: weights, optimizer, schedule, place, random state."""
-    run.model.load_state_dict(checkpoint["model"])
+    load_weights(run.model, checkpoint["model"], path)
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     run.scaler.load_state_dict(checkpoint["scaler"])
@@ -298,7 +301,7 @@ def train_step(run: Run, micro_batches: list[Any]) -> torch.Tensor:
         losses.append(loss.detach())
     if t.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
-        # In the optimizer's order, as Lightning clips: the same sum, to the last bit.
+        # In the optimizer's order: the order of the norm's sum decides its last bits.
         parameters = [p for group in run.optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(parameters, t.grad_clip)
     run.scaler.step(run.optimizer)
@@ -323,15 +326,11 @@ def evaluate(run: Run, trial: Any = None) -> None:
     run.loss_count.zero_()
     row = {"step": state.step, "epoch": state.epoch + 1, "lr": run.lr}
     row |= {"train/loss": train_loss.item(), **scores}
-    state.last = row
-    if better(row, state.best):
-        state.best, state.bad_evals = row, 0
-    else:
-        state.bad_evals += 1
+    state.add(row)
     if run.log is not None:
         # The row first: a row later than the checkpoint is dropped on resume.
         run.log.write(row)
-        save(run, "last.ckpt", "best.ckpt" if state.bad_evals == 0 else None)
+        save(run, "last.ckpt", "best.ckpt" if state.improved else None)
     if trial is not None:
         trial.report(row[MONITOR], state.step)  # an Optuna sweep may prune this trial
         if trial.should_prune():

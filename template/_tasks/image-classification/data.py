@@ -95,6 +95,8 @@ class ImageFolder(Dataset):
             files = sorted(
                 path for path in (root / name).glob("*") if path.suffix.lower() in IMAGE_SUFFIXES
             )
+            if not (root / name).is_dir() and not missing_ok:  # val/ without a class
+                raise DataError(f"{root / name} is missing: add it, with images of {name}")
             if not files and not missing_ok:
                 raise DataError(f"{root / name} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             self.samples += [(path, label) for path in files]

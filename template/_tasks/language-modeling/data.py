@@ -86,6 +86,8 @@ def load_dataset(path: str | Path, cfg: Config, meta: dict) -> Dataset:
 def read_text(path: Path) -> str:
     if not path.is_file():
         problem = "is a folder" if path.is_dir() else "does not exist"
+        if path.exists() and not path.is_dir():  # a named pipe, a device...
+            problem = "is not a regular file (a named pipe, a device...)"
         raise DataError(f"{path} {problem}; language-modeling expects a UTF-8 text file")
     try:
         # utf-8-sig: a byte-order mark is not a character of the text.

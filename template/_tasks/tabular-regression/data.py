@@ -140,6 +140,8 @@ def read_table(
     """
     if not path.is_file():
         problem = "is a folder" if path.is_dir() else "does not exist"
+        if path.exists() and not path.is_dir():  # a named pipe, a device...
+            problem = "is not a regular file (a named pipe, a device...)"
         raise DataError(f"{path} {problem}; tabular-regression expects a CSV file")
     header = read_header(path)
     twice = sorted({name for name in header if header.count(name) > 1})

@@ -82,26 +82,37 @@ def read_csv(path: Path) -> tuple[list[str], list[str]]:
     """The text and label columns of a CSV file, with a clear error for anything else."""
     if not path.is_file():
         problem = "is a folder" if path.is_dir() else "does not exist"
+        if path.exists() and not path.is_dir():  # a named pipe, a device...
+            problem = "is not a regular file (a named pipe, a device...)"
         raise DataError(f"{path} {problem}; text-classification expects a CSV file")
+    rows, line = [], 0  # line: where the last row read ended
     try:
         # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name.
         with path.open(newline="", encoding="utf-8-sig") as file:
-            reader = csv.DictReader(file)
+            # strict: a double quote that is never closed is an error, not a text that
+            # swallows every line after it.
+            reader = csv.DictReader(file, strict=True)
             columns = reader.fieldnames or []
+            line = reader.line_num
             if "text" not in columns or "label" not in columns:
                 raise DataError(
                     f"{path}: expected a CSV with columns text,label; "
                     f"got columns {','.join(columns) or '(none)'}"
                 )
-            rows = []
             for row in reader:
+                line = reader.line_num
                 if None in row:  # more fields than the header: a text with an unquoted comma
                     raise DataError(
                         f"{path}: line {reader.line_num} has more fields than the header "
                         f"({','.join(columns)}); put texts that contain commas in double quotes"
                     )
                 rows.append((row["text"] or "", row["label"]))
-    except (UnicodeDecodeError, csv.Error) as error:
+    except csv.Error as error:  # a quote left open: the row from the line after the last
+        raise DataError(
+            f"{path}: the row from line {line + 1} is not valid CSV ({error}); a text in "
+            'double quotes must end with one, and a quote inside it is written twice ("")'
+        ) from None
+    except UnicodeDecodeError as error:
         raise DataError(f"{path} is not a readable UTF-8 CSV file ({error})") from None
     except OSError as error:
         raise DataError(f"cannot read {path}: {error.strerror}") from None

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import UserError
 from .runs import read_checkpoint, run_folder_of, write_atomically
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ def write_record(run_dir: Path, resumed: bool) -> dict[str, Any]:
     short["dirty"] = bool(git and git["dirty"])
     short["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
     if resumed and path.is_file():
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = read_record(path)
         record.setdefault("resumed", []).append(short)
         write_atomically(path, json.dumps(record, indent=2))
         return short
@@ -131,8 +132,22 @@ def record_of(checkpoint: str | Path) -> dict[str, Any] | None:
     """The record of the run a checkpoint comes from: its run folder's, else its own copy."""
     folder = run_folder_of(checkpoint)
     if folder is not None and (folder / "record.json").is_file():
-        return json.loads((folder / "record.json").read_text(encoding="utf-8"))
+        return read_record(folder / "record.json")
     return read_checkpoint(checkpoint).get("record")
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A run's record.json, or one line saying that it is damaged and what to do."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        record = error
+    if not isinstance(record, dict) or not isinstance(record.get("resumed", []), list):
+        raise UserError(
+            f"{path} is damaged (not the JSON object a run writes); restore it, or delete it "
+            "(a new record starts; checkpoints carry their own)"
+        )
+    return record
 
 
 def describe_source(record: dict[str, Any] | None) -> str:

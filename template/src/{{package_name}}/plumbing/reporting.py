@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ..config import Config
 from ..model import MONITOR
+from . import UserError
 from .runs import temporary_beside
 from .training import Outcome
 
@@ -46,9 +47,8 @@ class MetricsFile:
     def __init__(self, run_dir: Path, resumed_step: int | None):
         self.path = run_dir / "metrics.csv"
         rows = []
-        if resumed_step is not None and self.path.is_file():
-            with self.path.open(newline="", encoding="utf-8", errors="replace") as file:
-                rows = [r for r in csv.DictReader(file) if step_of(r) <= resumed_step]
+        if resumed_step is not None:
+            rows = [r for r in read_rows(self.path) if step_of(r) <= resumed_step]
         self.fields: list[str] = list(rows[0]) if rows else []
         self.rewrite(rows)
 
@@ -72,6 +72,21 @@ class MetricsFile:
                 writer = csv.DictWriter(file, fieldnames=self.fields)
                 writer.writeheader()
                 writer.writerows(rows)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv (none when it is missing), or one line saying that it
+    cannot be continued."""
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="", encoding="utf-8") as file:
+            return list(csv.DictReader(file))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UserError(
+            f"{path} is not a CSV file of UTF-8 text ({error}): it was edited or damaged; "
+            "restore it, or delete it (the run then writes its rows from here on)"
+        ) from None
 
 
 def step_of(row: dict[str, str]) -> float:
@@ -123,7 +138,7 @@ def plot_learning_curves(run_dir: Path) -> Path:
     import matplotlib.pyplot as plt
 
     curves: dict[str, tuple[list[float], list[float]]] = {}
-    with (run_dir / "metrics.csv").open(newline="") as file:
+    with (run_dir / "metrics.csv").open(newline="", encoding="utf-8", errors="replace") as file:
         for row in csv.DictReader(file):
             for key, value in row.items():
                 if "/" in key and value not in ("", None):

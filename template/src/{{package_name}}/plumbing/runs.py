@@ -44,11 +44,18 @@ def new_run_name() -> str:
     return os.environ.get(RUN_NAME_ENV) or time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
+# What a run folder holds besides checkpoints/: any one of them makes it one (a user may
+# have deleted or moved the others; the checkpoint holds the config, which a resume rewrites).
+RUN_FOLDER_FILES = ("config.yaml", "metrics.csv", "record.json", "baseline.json")
+
+
 def run_folder_of(checkpoint: str | Path) -> Path | None:
     """The run folder that holds a checkpoint (runs/<name>/checkpoints/x.ckpt), if any."""
     path = Path(checkpoint).resolve()
     folder = path.parent.parent
-    if path.parent.name == "checkpoints" and (folder / "config.yaml").is_file():
+    if path.parent.name == "checkpoints" and any(
+        (folder / name).is_file() for name in RUN_FOLDER_FILES
+    ):
         return folder
     return None
 
@@ -172,6 +179,17 @@ def lock(file: Any) -> bool:
     return True
 
 
+def check_continuable(run_dir: Path) -> None:
+    """Before a run continues in its folder: its record.json and metrics.csv can be read and
+    continued (else one line naming the file, and nothing written)."""
+    from .record import read_record
+    from .reporting import read_rows
+
+    if (run_dir / "record.json").is_file():
+        read_record(run_dir / "record.json")
+    read_rows(run_dir / "metrics.csv")
+
+
 def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
     """Create the run folder, remove a killed run's temporary files, save the config."""
     try:
@@ -287,6 +305,33 @@ def model_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def rebuilding_from(path: str | Path) -> Iterator[None]:
+    """Rebuilding the data, the model or its metrics from a checkpoint's settings and
+    metadata: a key or value missing there (a checkpoint edited by hand) is one line."""
+    try:
+        yield
+    except (KeyError, TypeError, IndexError) as error:
+        raise UserError(
+            f"{path}: its settings or metadata cannot rebuild the model and its data "
+            f"({type(error).__name__}: {error}); the checkpoint was edited or damaged: use "
+            "another one from checkpoints/"
+        ) from None
+
+
+def load_weights(model: Any, weights: dict[str, Any], path: str | Path) -> None:
+    """Load a checkpoint's weights into the model its settings describe, or say in one line
+    that they do not fit it (a setting edited in the checkpoint: another width...)."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1].strip()
+        raise UserError(
+            f"{path}: its weights do not fit the model its own settings describe ({first}); "
+            "the checkpoint was edited or damaged: use another one from checkpoints/"
+        ) from None
+
+
 def load_model(path: str | Path) -> tuple[Any, Config, dict]:
     """The trained model of a checkpoint of either engine (in eval mode, on the CPU), its
     config and its metadata: what evaluate, predict and export need."""
@@ -302,14 +347,7 @@ def load_model(path: str | Path) -> tuple[Any, Config, dict]:
             f"{path}: its metadata cannot rebuild the model ({type(error).__name__}: {error}); "
             "the checkpoint was edited or damaged"
         ) from None
-    try:
-        model.load_state_dict(model_weights(checkpoint))
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[-1].strip()
-        raise UserError(
-            f"{path}: its weights do not fit the model its own settings describe ({first}); "
-            "the checkpoint was edited or damaged"
-        ) from None
+    load_weights(model, model_weights(checkpoint), path)
     return model.eval(), cfg, meta
 
 
@@ -325,12 +363,14 @@ def evaluate_checkpoint(
 
     model, cfg, meta = load_model(path)
     device = resolve_device(accelerator)
-    if data is None:
-        _, dataset, _ = build_datasets(cfg, meta)
-    else:
-        dataset = load_dataset(data, cfg, meta)
+    with rebuilding_from(path):
+        if data is None:
+            _, dataset, _ = build_datasets(cfg, meta)
+        else:
+            dataset = load_dataset(data, cfg, meta)
+        metrics = build_metrics(meta).to(device)
     loader = make_loader(dataset, cfg, 0, 1, device, train=False)
-    return evaluate_model(model.to(device), loader, build_metrics(meta).to(device), device)
+    return evaluate_model(model.to(device), loader, metrics, device)
 
 
 def check_resumable(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import types
 import typing
 from collections.abc import Iterable
@@ -24,6 +25,7 @@ DEFAULT_FILE = Path("configs/default.yaml")
 ACCELERATORS = ("cpu", "gpu", "mps", "auto")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # W&B's own
 # The optional extras of pyproject.toml, by the package each one brings.
 EXTRAS = {"optuna": "sweep", "mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboard"}
 
@@ -35,6 +37,36 @@ def require_extra(package: str, purpose: str) -> None:
             f"{purpose} needs {package}, which is not installed: "
             f'pip install -e ".[{EXTRAS[package]}]"'
         )
+
+
+def wandb_mode() -> str:
+    """W&B's mode: WANDB_MODE, checked; else online when credentials are found (without
+    asking or checking them), offline when none are."""
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE")
+    if mode is None:
+        return "online" if wandb.login(prompt=False, verify=False) else "offline"
+    if mode not in WANDB_MODES:
+        raise ConfigError(
+            f"WANDB_MODE={mode} is not a mode of W&B: set it to online, offline or disabled, "
+            "or unset it (online when logged in, else offline)"
+        )
+    if mode in ("online", "run", "shared") and not wandb.login(prompt=False, verify=False):
+        raise UserError(
+            f"WANDB_MODE={mode}, but no W&B API key is set up here: run `wandb login` (or "
+            "set WANDB_API_KEY), or set WANDB_MODE=offline (`wandb sync` uploads it later)"
+        )
+    return mode
+
+
+def wandb_failed(mode: str, error: Exception) -> str:
+    """What W&B's failure to start a run says, in one line."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return (
+        f"W&B could not start its run ({mode}): {lines[0]}; check `wandb login` and the "
+        "network, or set WANDB_MODE=offline (`wandb sync` uploads it later)"
+    )
 
 
 def load_config(

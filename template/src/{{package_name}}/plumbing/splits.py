@@ -45,6 +45,11 @@ def split_indices(
         return order[n_val:], order[:n_val]
     if n < folds:
         raise UserError(f"{n} examples cannot make {folds} folds; use fewer --folds")
+    if n // folds < min_val:  # the smallest fold, which one of the runs validates on
+        raise UserError(
+            f"{n} examples make folds of {n // folds}, and a validation split needs "
+            f"{min_val} at least; use --folds {max(2, n // min_val)} or fewer"
+        )
     if labels is None:
         val = torch.tensor_split(order, folds)[fold - 1]
     else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import math
 import os
 import socket
 import traceback
@@ -40,7 +41,7 @@ from ..engine import train
 from ..model import MONITOR, MONITOR_MODE
 from . import ConfigError, UserError
 from .reporting import plot_learning_curves
-from .runs import flatten, write_atomically
+from .runs import check_output_dir, flatten, write_atomically
 from .settings import coerce, load_config, read_yaml
 from .training import Diverged, Interrupted
 
@@ -51,6 +52,16 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 # Failures that the user can read in one line; any other error of a trial shows its traceback.
 EXPECTED_ERRORS = (UserError, Diverged, torch.cuda.OutOfMemoryError)
 RANGE_KEYS = {"low", "high", "log", "step"}  # of a setting's range in the space
+SPACE_KEYS = ("trials", "params", "pruner")  # of configs/sweep.yaml
+PRUNER_KEYS = ("startup_trials", "warmup_evaluations")
+# Settings that each trial gets from the sweep: searching them would change nothing.
+SET_BY_THE_SWEEP = {
+    "train.output_dir": "runs/sweeps/<name>/; give sweep --output-dir",
+    "train.name": "trial-NNN",
+    "train.group": "the sweep's name",
+    "train.devices": "1: run a worker per device",
+    "train.num_nodes": "1: run a worker per device",
+}
 # Per-machine settings that a worker may set for itself when it joins a sweep.
 MACHINE_SETTINGS = ("train.accelerator", "train.num_workers")
 
@@ -99,6 +110,11 @@ class Space:
 def read_space(path: Path) -> Space:
     """The search space of a YAML file, each setting checked against the config's types."""
     values = read_yaml(path)
+    unknown = [str(key) for key in values if key not in SPACE_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key '{unknown[0]}'; a search space has {', '.join(SPACE_KEYS)}"
+        )
     params = values.get("params")
     if not isinstance(params, dict) or not params:
         raise ConfigError(f"{path} needs a 'params:' mapping of settings to search")
@@ -111,17 +127,31 @@ def read_space(path: Path) -> Space:
             raise ConfigError(
                 f"{path}: '{key}' is not a setting (section.key, as in default.yaml)"
             )
+        if key in SET_BY_THE_SWEEP:
+            raise ConfigError(
+                f"{path}: {key} cannot be searched: the sweep sets it for each trial "
+                f"({SET_BY_THE_SWEEP[key]})"
+            )
         checked[key] = check_range(path, key, spec, sections[section][name])
     trials = values.get("trials", 20)
-    if not isinstance(trials, int) or trials < 1:
-        raise ConfigError(f"{path}: trials must be a positive whole number")
+    if not whole(trials) or trials < 1:
+        raise ConfigError(f"{path}: trials must be a whole number, 1 or more; got {trials!r}")
     pruner = values.get("pruner", {"startup_trials": 5, "warmup_evaluations": 3})
     if pruner is not None and not (
         isinstance(pruner, dict)
-        and all(isinstance(pruner.get(k), int) for k in ("startup_trials", "warmup_evaluations"))
+        and set(pruner) == set(PRUNER_KEYS)
+        and all(whole(pruner[key]) and pruner[key] >= 0 for key in PRUNER_KEYS)
     ):
-        raise ConfigError(f"{path}: pruner needs startup_trials and warmup_evaluations, or null")
+        raise ConfigError(
+            f"{path}: pruner needs {' and '.join(PRUNER_KEYS)}, whole numbers, 0 or more "
+            f"(or pruner: null, no pruning); got {pruner!r}"
+        )
     return Space(trials, checked, pruner)
+
+
+def whole(value: Any) -> bool:
+    """An int, and not a bool (YAML's true is an int to Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_range(path: Path, key: str, spec: Any, kind: Any) -> dict[str, Any]:
@@ -138,9 +168,16 @@ def check_range(path: Path, key: str, spec: Any, kind: Any) -> dict[str, Any]:
     if target not in (int, float):
         raise ConfigError(f"{where} is not a number: give its choices instead of a range")
     low, high = (coerce(spec[bound], target, key, str(path)) for bound in ("low", "high"))
-    checked = {"low": low, "high": high, "log": bool(spec.get("log", False))}
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: log must be true or false; got {log!r}")
+    checked = {"low": low, "high": high, "log": log}
     if spec.get("step") is not None:
         checked["step"] = coerce(spec["step"], target, key, str(path))
+    if not all(math.isfinite(checked[k]) for k in ("low", "high", "step") if k in checked):
+        raise ConfigError(f"{where}: low, high and step must be finite numbers")
+    if checked.get("step", 1) <= 0:
+        raise ConfigError(f"{where}: step must be above 0; got {checked['step']}")
     if not low < high:
         raise ConfigError(f"{where}: low must be below high")
     if checked["log"] and (low <= 0 or "step" in checked):
@@ -148,10 +185,9 @@ def check_range(path: Path, key: str, spec: Any, kind: Any) -> dict[str, Any]:
     return checked
 
 
-def open_storage(url: str | None, folder: Path) -> optuna.storages.BaseStorage:
+def open_storage(url: str) -> optuna.storages.BaseStorage:
     """A database URL (RDB: SQLite, PostgreSQL, MySQL; with heartbeats), or a journal file
     (no heartbeat; safe on a shared disk). The default: SQLite in the sweep's folder."""
-    url = url or f"sqlite:///{(folder / 'study.db').resolve()}"
     try:
         if "://" not in url:
             from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
@@ -168,7 +204,12 @@ def open_storage(url: str | None, folder: Path) -> optuna.storages.BaseStorage:
             heartbeat_stale_trial_callback=RETRY,
         )
     except Exception as error:  # a bad URL, a missing database driver, a server not found...
-        raise UserError(f"cannot open the sweep's storage {url}: {error}") from None
+        raise UserError(f"cannot open the sweep's storage {url}: {first_line(error)}") from None
+
+
+def first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 class Sweep:
@@ -182,23 +223,70 @@ class Sweep:
         storage: str | None,
         trials: int | None,
     ):
+        if trials is not None and trials < 1:
+            raise UserError(f"--trials must be 1 or more; got {trials}")
         self.name, self.cfg = name, cfg
+        check_output_dir(cfg.train.output_dir)
         self.folder = Path(cfg.train.output_dir) / "sweeps" / name
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(
+                f"cannot create the sweep's folder {self.folder}: {error.strerror}; "
+                "pick another --output-dir"
+            ) from None
         self.claim = FileLock(self.folder / "claim")  # see the module's docstring
         self.current: int | None = None  # the trial this worker runs
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets a line of ours
+        url = storage or f"sqlite:///{(self.folder / 'study.db').resolve()}"
         with self.claim:
-            self.study = optuna.create_study(
-                storage=open_storage(storage, self.folder),
-                study_name=name,
-                direction="maximize" if MONITOR_MODE == "max" else "minimize",
-                # constant_liar: running trials count as bad ones, so that workers spread out.
-                sampler=optuna.samplers.TPESampler(multivariate=True, constant_liar=True),
-                load_if_exists=True,
-            )
+            try:
+                opened = open_storage(url)
+                # A study of this name that the storage lacks: no trials known to it.
+                if name not in {study.study_name for study in opened.get_all_studies()}:
+                    self.check_storage(url, known=set())
+                self.study = optuna.create_study(
+                    storage=opened,
+                    study_name=name,
+                    direction="maximize" if MONITOR_MODE == "max" else "minimize",
+                    # constant_liar: running trials count as bad ones, so workers spread out.
+                    sampler=optuna.samplers.TPESampler(multivariate=True, constant_liar=True),
+                    load_if_exists=True,
+                )
+                known = {trial.number for trial in self.study.get_trials(deepcopy=False)}
+                self.check_storage(url, known)
+            except UserError:
+                raise
+            except Exception as error:  # another schema, another Optuna's, not a database...
+                cause = first_line(error.__cause__ or error)
+                raise UserError(
+                    f"cannot use the sweep's storage {url}: it is not a storage of Optuna "
+                    f"{optuna.__version__} ({cause}); move it away, or give the sweep "
+                    "another --name or --storage"
+                ) from None
             self.take_settings(space, trials)
         self.study.pruner = self.pruner()
+
+    def check_storage(self, url: str, known: set[int]) -> None:
+        """Refuse a storage that lacks trials of this sweep's folder (emptied, replaced, or
+        another sweep's): its next trials would be run in their folders, and its results
+        written over theirs."""
+        on_disk = sorted(
+            int(folder.name.removeprefix("trial-"))
+            for folder in self.folder.glob("trial-*")
+            if folder.name.removeprefix("trial-").isdigit()
+        )
+        missing = [number for number in on_disk if number not in known]
+        rows = len(table_rows(self.folder / "trials.csv"))
+        if missing or rows > len(known):
+            held = f"{max(len(on_disk), rows)} trials" + (
+                f" (trial-{missing[0]:03d}...)" if missing else ""
+            )
+            raise UserError(
+                f"{self.folder} holds {held} that the sweep's storage {url} does not know: it "
+                "was emptied or replaced; put the original back, or give this sweep another "
+                "--name"
+            )
 
     def take_settings(self, space: Space, trials: int | None) -> None:
         """A new sweep records its settings, space and size; a joined one keeps its own."""
@@ -337,6 +425,13 @@ class Sweep:
     def finish(self) -> list[str]:
         """Write trials.csv and best.yaml; returns the table and where things are."""
         trials = self.study.get_trials(deepcopy=False)
+        held = len(table_rows(self.folder / "trials.csv"))
+        if held > len(trials):  # the storage lost trials while this worker ran
+            raise UserError(
+                f"{self.folder / 'trials.csv'} holds {held} trials, the sweep's storage "
+                f"{len(trials)}: it was emptied or replaced meanwhile; trials.csv and best.yaml "
+                "are left as they were"
+            )
         # A killed trial, by the trial that runs it again (retry_history ends with it).
         reruns = {retry_history(t)[-1]: t.number for t in trials if retry_history(t)}
         rows = [self.row(trial, reruns.get(trial.number)) for trial in trials]
@@ -386,6 +481,15 @@ class Sweep:
             **{key: trial.params.get(key) for key in self.space.params},
             "note": note,
         }
+
+
+def table_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a trials.csv (none when it is missing or unreadable)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as file:
+            return list(csv.DictReader(file))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
 def counted(trials: list[FrozenTrial]) -> int:

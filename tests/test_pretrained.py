@@ -351,24 +351,43 @@ def test_folds_sweeps_and_tensorboard_fine_tune_too(
         if c["hardware"] == "multi-gpu"
     ],
 )
-def test_ddp_fine_tunes_on_two_cpu_processes(combination, installed_project, tiny_models, tmp_path):
-    """DDP with gloo: raw under torchrun, Lightning with --devices 2; rank 0 alone writes,
-    the model learns, and the run resumes under DDP again."""
+def test_ddp_and_fsdp_fine_tune_on_two_cpu_processes(
+    combination, installed_project, tiny_models, tmp_path
+):
+    """Two processes with gloo (raw under torchrun, Lightning with --devices 2): DDP learns
+    and rank 0 alone writes; FSDP (train.strategy=fsdp: the model sharded over the
+    processes, fully_shard) takes the same steps to float precision, and its whole
+    checkpoints resume under FSDP again and export."""
     task = combination["task"]
     installed = installed_project(combination)
     tiny = pretrained(tiny_models(installed, task)[DEFAULT[task]])
     runs = tmp_path / "runs"
     common = ["--accelerator", "cpu", "--output-dir", str(runs), "--set", "train.num_workers=0"]
-    printed = ddp_train(installed, combination, *common, *LEARN[task], *tiny, "--name", "ddp")
+    common += [*LEARN[task], *tiny]
+    printed = ddp_train(installed, combination, *common, "--name", "ddp")
     assert [p.name for p in runs.iterdir()] == ["ddp"], "a second rank wrote a run folder"
-    history, best = check_run(task, runs / "ddp", printed)
+    ddp, best = check_run(task, runs / "ddp", printed)
     assert_learned(task, best, read_baseline(runs / "ddp"))
-    steps = history[-1]["step"]
+
+    fsdp = ["--set", "train.strategy=fsdp"]
+    check_run(
+        task, runs / "fsdp", ddp_train(installed, combination, *common, *fsdp, "--name", "fsdp")
+    )
+    sharded = read_metrics(runs / "fsdp")
+    assert [row["step"] for row in sharded] == [row["step"] for row in ddp]
+    for row, same in zip(sharded, ddp, strict=True):
+        for key, value in row.items():
+            assert value == pytest.approx(same[key], rel=1e-4, abs=1e-5), (row["step"], key)
+    steps = sharded[-1]["step"]
     more = ["--resume", "last", "--max-steps", str(steps + 25), "--set", "train.patience=0"]
-    (resumed,) = installed.drive(
-        ["train", *common, *more, "--devices", "2"], env={"MASTER_PORT": str(free_port())}
+    where = ["--accelerator", "cpu", "--output-dir", str(runs), "--name", "fsdp"]
+    resumed, exported = installed.drive(
+        ["train", *where, *more, "--devices", "2"],  # the checkpoint's settings: FSDP
+        ["export", "--checkpoint", str(runs / "fsdp" / "checkpoints" / "last.ckpt")],
+        env={"MASTER_PORT": str(free_port())},
     )
     resumed.check()
+    exported.check()
     assert "Traceback" not in resumed.stderr, resumed.stderr[-5000:]
-    rows = read_metrics(runs / "ddp")
-    assert rows[: len(history)] == history and rows[-1]["step"] == steps + 25
+    rows = read_metrics(runs / "fsdp")
+    assert rows[: len(sharded)] == sharded and rows[-1]["step"] == steps + 25

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tomllib
 
+import jinja2
 import pytest
 import yaml
 from conftest import (
@@ -55,6 +56,8 @@ def expected_files(combination: dict[str, str]) -> set[str]:
     if combination["backbone"] == "pretrained":  # loading Hugging Face models; a tiny one
         machinery += ["hub"]
         files.add("tests/tiny_model.py")
+        if combination["hardware"] == "multi-gpu":  # FSDP
+            machinery += ["sharding"]
     files |= {f"{package}/plumbing/{name}.py" for name in machinery}
     if combination["hardware"] == "multi-gpu":
         files.add("scripts/slurm.sbatch")
@@ -101,7 +104,8 @@ def test_renders_exactly_its_own_files(combination, projects):
         scratch = without_block_tags((task / name).read_text())
         assert ((package / name).read_text() == scratch) != pretrained, name
     framework = combination["framework"]
-    assert (package / "engine.py").read_text() == (engine / framework / "engine.py").read_text()
+    partial = (engine / framework / "engine.py").read_text()
+    assert (package / "engine.py").read_text() == rendered(partial, combination)
     dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"][
         "dependencies"
     ]
@@ -111,6 +115,14 @@ def test_renders_exactly_its_own_files(combination, projects):
     )
     # transformers for a pretrained backbone only: scratch projects have no new dependency.
     assert any(d.startswith("transformers") for d in dependencies) == pretrained
+
+
+def rendered(text: str, answers: dict[str, str]) -> str:
+    """A partial as Copier renders it with these answers (its Jinja settings of copier.yml)."""
+    environment = jinja2.Environment(
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
+    )
+    return environment.from_string(text).render(**answers)
 
 
 def without_block_tags(text: str) -> str:

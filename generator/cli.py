@@ -340,6 +340,7 @@ def update(project_dir: Path, vcs_ref: str | None, defaults: bool, **answers: st
     # template and refuses a bad one, where it would drop it silently and take the default.
     names = {question.name for question in load_questions()}
     data = {name: value for name, value in before.items() if name in names} | flags
+    installed = project.requirements(project_dir / "pyproject.toml")
     here = Path.cwd()
     os.chdir(project_dir)  # a relative _src_path is relative to the project
     try:
@@ -374,6 +375,8 @@ def update(project_dir: Path, vcs_ref: str | None, defaults: bool, **answers: st
         + f"; {len(changed)} file(s) changed"
         + (": review them with `git diff`, then commit." if changed else ".")
     )
+    now = project.requirements(project_dir / "pyproject.toml")
+    typer.echo(project.reinstall_advice(installed, now))
     conflicts = project.conflict_markers(project_dir, changed)
     for name, line, text in conflicts:
         typer.echo(f"conflict: {name} (line {line}: {text[:40]})", err=True)

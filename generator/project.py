@@ -309,3 +309,31 @@ def conflict_markers(project: Path, files: list[str]) -> list[tuple[str, int, st
                     found.append((name, number, line.decode(errors="replace").rstrip()))
                     break
     return found
+
+
+def requirements(pyproject: Path) -> set[str] | None:
+    """What `pip install -e .` installs from a project's pyproject.toml: its dependencies,
+    each extra's, and its commands; None when the file cannot be read (conflict markers)."""
+    import tomllib
+
+    try:
+        table = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return None
+    found = set(table.get("dependencies", []))
+    for extra, packages in table.get("optional-dependencies", {}).items():
+        found |= {f"{package} (extra {extra})" for package in packages}
+    found |= {f"command {name}" for name in table.get("scripts", {})}
+    return found
+
+
+def reinstall_advice(before: set[str] | None, after: set[str] | None) -> str:
+    """Whether an updated project needs `pip install -e .` again, and why."""
+    command = "pip install -e . (with the extras you use, e.g. '.[dev]')"
+    if before is None or after is None:
+        return f"pyproject.toml has conflicts: once they are resolved, reinstall: {command}."
+    if before == after:
+        return "The dependencies are the same: no need to reinstall."
+    changes = [f"+{item}" for item in sorted(after - before)]
+    changes += [f"-{item}" for item in sorted(before - after)]
+    return f"The dependencies changed ({summary(changes)}): reinstall: {command}."

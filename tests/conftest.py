@@ -44,7 +44,7 @@ TASK_METRICS = {
     "image-classification": ["val/acc"],
     "text-classification": ["val/acc"],
     "tabular-regression": ["val/mse", "val/r2"],
-    "language-modeling": ["val/ppl"],
+    "language-modeling": ["val/bpb", "val/ppl"],
 }
 # The metric a run is judged on, and whether higher is better (model.py's MONITOR).
 MONITOR = {
@@ -262,6 +262,20 @@ def assert_learned(task: str, metrics: dict[str, float], baseline: dict) -> None
         assert metrics["val/loss"] <= 0.5 * baseline["val/loss"], (metrics, baseline)
 
 
+def best_row(task: str, rows: list[dict[str, float]], tie_delta: float) -> dict[str, float]:
+    """The evaluation that best.ckpt holds: the best monitored metric; of equal ones, the
+    first whose validation loss is lower than the best's by more than tie_delta."""
+    monitor, mode = MONITOR[task]
+    best = rows[0]
+    for row in rows[1:]:
+        if row[monitor] == best[monitor]:
+            if row["val/loss"] < best["val/loss"] - tie_delta:
+                best = row
+        elif (row[monitor] > best[monitor]) == (mode == "max"):
+            best = row
+    return best
+
+
 def run_files(run_dir: Path) -> set[str]:
     return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
 
@@ -286,7 +300,7 @@ def check_run(
     if tensorboard:
         logged = {f for f in files if f.startswith("tensorboard/events.out.tfevents.")}
         assert logged, files
-        files -= logged
+        files -= logged | {"tensorboard/hparams.yaml"}  # Lightning's logger writes one
     assert files == RUN_FILES
     with (run_dir / "metrics.csv").open(newline="") as file:
         assert next(csv.reader(file)) == metrics_header(task)
@@ -306,18 +320,24 @@ def check_run(
             f"step {row['step']:.0f}/{settings['max_steps']}  epoch {row['epoch']:.0f}  lr "
         ), line
 
-    monitor, mode = MONITOR[task]
-    best = (max if mode == "max" else min)(rows, key=lambda row: row[monitor])  # the first
+    monitor, _ = MONITOR[task]
+    best = best_row(task, rows, settings["tie_delta"])
     baseline = read_baseline(run_dir)
     stopped, best_line, folder = lines[-3:]
     last = rows[-1]
+    not_better = len(rows) - 1 - rows.index(best)
     reasons = {
         f"the step budget is spent ({settings['max_steps']} steps)": last["step"]
         == settings["max_steps"],
         f"the epoch cap is reached ({settings['epochs']} epochs)": last["epoch"]
         == settings["epochs"],
         f"early stopping: {monitor} has not improved for {settings['patience']} evaluations": (
-            len(rows) - 1 - rows.index(best) == settings["patience"]
+            not_better == settings["patience"]
+        ),
+        # A perfect score cannot be beaten: the first evaluation that is not better ends it.
+        f"done: {monitor} is perfect, and the validation loss fell by less than "
+        f"{settings['tie_delta']} since the best evaluation": (
+            best[monitor] == 1.0 and not_better == 1 and settings["patience"] > 0
         ),
     }
     prefix = f"stopped after step {last['step']:.0f}: "
@@ -369,6 +389,24 @@ def scaffold_from(checkout: Path, *args: str, cwd, env: dict[str, str] | None = 
         stdin=subprocess.DEVNULL,
         env={"PYTHONPATH": str(checkout), **(env or {})},
     )
+
+
+@pytest.fixture(scope="session")
+def default_run(installed_project):
+    """default_run(task, framework): the cpu project trained as a user first trains it:
+    `my-project train` in the project's folder, no flag. Once per test process: the tests
+    that use it carry the xdist_group f"{task}-cpu" (test_train.cpu_group)."""
+    done: dict[tuple[str, str], tuple] = {}
+
+    def get(task: str, framework: str):
+        if (task, framework) not in done:
+            installed = installed_project({"task": task, "framework": framework, "hardware": "cpu"})
+            result = installed.run("train", timeout=900)
+            folder = result.stdout.strip().splitlines()[-1].removeprefix("run folder: ")
+            done[task, framework] = installed, installed.project / folder, result
+        return done[task, framework]
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """Small real datasets in each task's format, and the classical baseline each must match.
 
-Nothing here is generated noise: the images are scikit-learn's bundled handwritten digits,
-the table its diabetes study, the texts the standard library's own docstrings (labelled
-by their package), and the language model's text the Python documentation's help topics.
+Nothing here is generated noise: the images are scikit-learn's bundled handwritten digits
+(saved at varied sizes, in varied modes and formats), the table its diabetes study, the
+texts the standard library's own docstrings (labelled by their package), and the language
+model's text 4 MB of the standard library's own source.
 The tables with categories and blank cells are those plotnine and vega_datasets ship (the
 diamonds of ggplot2, the cars of the Vega datasets), read from their files without importing
 the packages. Every machine set up as .ci/run does has them; nothing is downloaded.
@@ -47,39 +48,57 @@ def project_split(n: int, val_split: float = VAL_SPLIT, seed: int = SEED):
 
 
 def digits_folder(root: Path) -> Path:
-    """root/train/<digit>/*.png and root/val/<digit>/*.png: the 8x8 digits, split 80/20."""
+    """root/<digit>/<i>.png|jpg: scikit-learn's 1797 scanned digits (8x8 pixels) as images of
+    the sizes, modes and formats users bring: enlarged to 16 to 64 pixels a side (not always
+    square), dark ink on light paper, in grayscale, RGB (tinted ink and paper) or RGBA,
+    saved as PNG or as JPEG of quality 60 to 95. The project splits the folder itself."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     rng = random.Random(0)
-    order = list(range(len(digits.target)))
-    rng.shuffle(order)
-    n_val = len(order) // 5
-    for split, rows in (("val", order[:n_val]), ("train", order[n_val:])):
-        for i in rows:
-            folder = root / split / str(digits.target[i])
-            folder.mkdir(parents=True, exist_ok=True)
-            pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)
-            Image.fromarray(pixels, mode="L").save(folder / f"{i}.png")
+    for i, (pixels, digit) in enumerate(zip(digits.images, digits.target, strict=True)):
+        folder = root / str(digit)
+        folder.mkdir(parents=True, exist_ok=True)
+        ink = (pixels / 16)[..., None]  # 0: paper, 1: ink
+        mode = rng.choice(["L", "RGB", "RGBA"])
+        if mode == "L":
+            paper, colour = [rng.randint(200, 255)], [rng.randint(0, 60)]
+        else:
+            paper = [rng.randint(180, 255) for _ in range(3)]
+            colour = [rng.randint(0, 90) for _ in range(3)]
+        rgb = (np.array(paper) * (1 - ink) + np.array(colour) * ink).astype(np.uint8)
+        image = Image.fromarray(rgb.squeeze(-1) if mode == "L" else rgb)
+        if mode == "RGBA":
+            image.putalpha(255)
+        side = rng.randint(16, 64)
+        size = (side, side) if rng.random() < 0.5 else (side, rng.randint(16, 64))
+        image = image.resize(size, rng.choice([Image.Resampling.NEAREST, Image.Resampling.BICUBIC]))
+        if mode != "RGBA" and rng.random() < 0.5:
+            image.save(folder / f"{i}.jpg", quality=rng.randint(60, 95))
+        else:
+            image.save(folder / f"{i}.png")
     return root
 
 
 def digits_baseline(root: Path) -> float:
-    """Validation accuracy of a logistic regression on the raw pixels."""
-    from PIL import Image
+    """Validation accuracy, on the project's split, of a logistic regression on the digits'
+    original 8x8 pixels: what a classical model makes of the clean scans."""
+    from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
 
-    def load(split):
-        x, y = [], []
-        for path in sorted((root / split).glob("*/*.png")):
-            x.append(np.asarray(Image.open(path), dtype=np.float32).ravel() / 255)
-            y.append(int(path.parent.name))
-        return np.array(x), np.array(y)
-
-    (x_train, y_train), (x_val, y_val) = load("train"), load("val")
-    model = LogisticRegression(max_iter=2000).fit(x_train, y_train)
-    return float(model.score(x_val, y_val))
+    digits = load_digits()
+    # The project's order: classes sorted, then the files of each sorted by name.
+    order = [
+        int(path.stem)
+        for folder in sorted(p for p in root.iterdir() if p.is_dir())
+        for path in sorted(folder.iterdir())
+    ]
+    train, val = project_split(len(order))
+    x, y = digits.data / 16, digits.target
+    train, val = [order[i] for i in train], [order[i] for i in val]
+    model = LogisticRegression(max_iter=2000).fit(x[train], y[train])
+    return float(model.score(x[val], y[val]))
 
 
 # --- text classification: the standard library's docstrings --------------------------------
@@ -241,36 +260,58 @@ TABLES = {
 }
 
 
-# --- language modeling: the Python documentation's help topics -----------------------------
+# --- language modeling: the standard library's own source -----------------------------------
+
+# Left out: tests (their data files and fixtures), the codec tables of encodings/ (pages of
+# generated numbers) and what pip installs.
+SKIPPED = {"test", "tests", "idle_test", "encodings", "site-packages", "__pycache__"}
 
 
-def help_topics_text(path: Path, size: int = 40_000) -> Path:
-    """The first `size` characters of the Python documentation's help topics."""
-    from pydoc_data.topics import topics
+def stdlib_text(path: Path, size: int = 4_000_000) -> Path:
+    """The first `size` bytes of the standard library's Python source, its modules in a
+    seeded random order (so that the held-out end is a mix of them, not one package)."""
+    import sysconfig
 
-    text = "\n\n".join(topics[name].strip() for name in sorted(topics))
-    path.write_text(text[:size], encoding="utf-8")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(
+        file
+        for file in stdlib.rglob("*.py")
+        if not SKIPPED & set(file.relative_to(stdlib).parts[:-1])
+    )
+    random.Random(0).shuffle(files)
+    data = bytearray()
+    for file in files:
+        data += file.read_bytes()
+        if len(data) > size:
+            break
+    data = bytes(data).decode("utf-8", errors="replace").encode("utf-8")  # a few are Latin-1
+    while data[size] & 0xC0 == 0x80:  # end on a whole character
+        size -= 1
+    path.write_bytes(data[:size])
     return path
 
 
-def bigram_loss(path: Path, val_split: float = 0.1) -> float:
-    """Validation cross-entropy (nats per character) of a character bigram model fitted on
-    the rest of the text, with add-k smoothing tuned... not at all: k = 0.1."""
-    text = path.read_text(encoding="utf-8")
-    n_val = math.floor(len(text) * val_split)
-    train, val = text[:-n_val], text[-n_val:]
-    vocab = sorted(set(text))
+def bigram_bits_per_byte(path: Path, val_split: float = 0.1) -> float:
+    """Validation bits per byte of a character bigram model fitted on the rest of the text,
+    with add-k smoothing (k = 0.1, not tuned), on the project's split: the last val_split of
+    the bytes, from the first whole character."""
+    data = path.read_bytes()
+    cut = len(data) - math.floor(len(data) * val_split)
+    while data[cut] & 0xC0 == 0x80:
+        cut += 1
+    train, val = data[:cut].decode("utf-8"), data[cut:].decode("utf-8")
+    vocab = set(train) | set(val)
     pairs, firsts = Counter(zip(train, train[1:], strict=False)), Counter(train[:-1])
     k = 0.1
-    total = 0.0
+    nats = 0.0
     for a, b in zip(val, val[1:], strict=False):
-        total -= math.log((pairs[a, b] + k) / (firsts[a] + k * len(vocab)))
-    return total / (len(val) - 1)
+        nats -= math.log((pairs[a, b] + k) / (firsts[a] + k * len(vocab)))
+    return nats / math.log(2) / len(val[1:].encode("utf-8"))
 
 
 DATASETS = {
     "image-classification": ("digits", digits_folder, digits_baseline),
     "text-classification": ("docstrings.csv", docstrings_csv, docstrings_baseline),
     "tabular-regression": ("diabetes.csv", diabetes_csv, diabetes_baseline),
-    "language-modeling": ("help-topics.txt", help_topics_text, bigram_loss),
+    "language-modeling": ("stdlib.txt", stdlib_text, bigram_bits_per_byte),
 }

@@ -12,9 +12,11 @@ import csv
 import json
 import re
 import statistics
+import struct
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -90,10 +92,18 @@ def test_a_sweep_runs_its_trials_and_its_best_config_trains_again(style, project
     installed = projects(style)
     space = write_space(tmp_path / "space.yaml")
     started = time.monotonic()
-    result = installed.run("sweep", *SHORT, "--space", str(space), "--name", "s")
+    # train's flags and SECTION.KEY=VALUE overrides: the settings every trial starts from.
+    flags = ["--target", "target", "--batch-size", "48", "model.layers=3"]
+    result = installed.run("sweep", *SHORT, *flags, "--space", str(space), "--name", "s")
     print(f"\n{style}: a 4-trial sweep took {time.monotonic() - started:.0f} s")
     folder = installed.project / "runs" / "sweeps" / "s"
     assert "trial  state" in result.stdout, result.stdout
+    # A line per trial, when it ends; no evaluation lines (--verbose shows them).
+    ended = re.findall(r"^trial (\d) (finished|pruned)", result.stdout, re.M)
+    assert [number for number, _ in ended] == ["0", "1", "2", "3"], result.stdout
+    assert not re.search(r"^step \d", result.stdout, re.M), result.stdout
+    settings = yaml.safe_load((folder / "trial-003" / "config.yaml").read_text())
+    assert (settings["train"]["batch_size"], settings["model"]["layers"]) == (48, 3)
     with (folder / "trials.csv").open(newline="") as file:
         assert [row["trial"] for row in csv.DictReader(file)] == ["0", "1", "2", "3"]
     study = study_of(installed.project, "s")
@@ -121,8 +131,9 @@ def test_a_lagging_trial_is_pruned_and_a_failing_one_fails_alone(style, projects
     study = study_of(installed.project, "p")
     study.enqueue_trial({"train.lr": 1e-7, "model.dropout": 0.0})
     study.enqueue_trial({"train.lr": 0.003, "model.dropout": 1.5})
-    result = installed.run("sweep", "--name", "p", "--trials", "4")
+    result = installed.run("sweep", "--name", "p", "--trials", "4", "--verbose")
     assert "trial 2 pruned at step 20" in result.stdout, result.stdout
+    assert "\nstep 10/30  epoch " in result.stdout, "--verbose shows the evaluations"
     assert "trial 3 failed: ValueError: dropout probability" in result.stdout, result.stdout
     trials = study_of(installed.project, "p").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
@@ -177,8 +188,8 @@ def test_two_workers_share_a_sweep_without_running_a_trial_twice(style, projects
     ]
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], outputs
-    # Each worker says "trial N: <values>" as it starts a trial.
-    ran = [{int(n) for n in re.findall(r"^trial (\d+): ", out, re.M)} for out in outputs]
+    # Each worker says "trial N finished: ..." as a trial of its own ends.
+    ran = [{int(n) for n in re.findall(r"^trial (\d+) finished", out, re.M)} for out in outputs]
     assert ran[0] | ran[1] == {0, 1, 2, 3} and not ran[0] & ran[1], outputs
     trials = study_of(installed.project, "w").trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
@@ -188,13 +199,14 @@ def test_two_workers_share_a_sweep_without_running_a_trial_twice(style, projects
 @pytest.mark.timeout(600)
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy's, inside MLflow
 @pytest.mark.parametrize("style", STYLES)
-def test_mlflow_holds_the_run_and_a_resumed_run_continues_it(style, projects):
+def test_mlflow_holds_the_run_and_a_resumed_run_continues_it(style, projects, tmp_path):
     import torch
     from mlflow import MlflowClient
 
     installed = projects(style)
     logged = ["--logger", "mlflow", "--set", "train.eval_every=10", "--name", "m"]
-    installed.run("train", *logged, "--max-steps", "20")
+    first = installed.run("train", *logged, "--max-steps", "20", "train.log_checkpoint=true")
+    assert first.stderr == "", "MLflow's and alembic's INFO lines, or a warning"
     last = installed.project / "runs" / "m" / "checkpoints" / "last.ckpt"
     installed.run("train", "--resume", str(last), "--max-steps", "30")
 
@@ -205,13 +217,32 @@ def test_mlflow_holds_the_run_and_a_resumed_run_continues_it(style, projects):
     assert found.info.run_name == "m" and found.info.status == "FINISHED"
     with (installed.project / "runs" / "m" / "metrics.csv").open(newline="") as file:
         rows = list(csv.DictReader(file))
-    assert set(found.data.metrics) == set(rows[0]) - {"step"}
+    best = min(rows, key=lambda row: float(row["val/mse"]))
+    bests = {f"best/{key}" for key in rows[0] if key.startswith("val/")} | {"best/step"}
+    assert set(found.data.metrics) == set(rows[0]) - {"step"} | bests
     history = client.get_metric_history(found.info.run_id, "val/mse")
     assert [(m.step, m.value) for m in history] == [
         (int(row["step"]), float(row["val/mse"])) for row in rows
     ]
+    # The run's latest values of best/...: the best evaluation's, not the last one's.
+    assert found.data.metrics["best/step"] == float(best["step"])
+    assert found.data.metrics["best/val/mse"] == float(best["val/mse"])
     assert found.data.params["train.lr"] == "0.003"
     assert found.data.params["model.hidden"] == "128"
+    head = git("rev-parse", "HEAD", cwd=installed.project).strip()
+    tags = found.data.tags
+    assert (tags["task"], tags["framework"]) == ("tabular-regression", style)
+    assert (tags["run_folder"], tags["commit"]) == ("runs/m", head)
+    assert tags["mlflow.source.git.commit"] == head
+    assert tags["command"].endswith(
+        f"train {' '.join(logged)} --max-steps 20 train.log_checkpoint=true"
+    )
+    files = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert files == {"config.yaml", "metrics.csv", "curves.png", "record.json", "checkpoints"}
+    (checkpoint,) = client.list_artifacts(found.info.run_id, "checkpoints")
+    assert checkpoint.path == "checkpoints/best.ckpt"
+    kept = Path(client.download_artifacts(found.info.run_id, "metrics.csv", str(tmp_path)))
+    assert kept.read_text() == (installed.project / "runs" / "m" / "metrics.csv").read_text()
 
 
 @pytest.mark.timeout(600)
@@ -229,8 +260,84 @@ def test_wandb_offline_writes_its_run(style, projects, tmp_path):
     last = installed.project / "runs" / "wb" / "checkpoints" / "last.ckpt"
     run_id = torch.load(last, weights_only=True)["tracker_run_id"]
     (offline,) = (home / "wandb").glob(f"offline-run-*-{run_id}")
-    data = (offline / f"run-{run_id}.wandb").read_bytes()
-    assert b"val/mse" in data and b"train/loss" in data and b"model" in data
+    run, summary, artifacts = read_wandb_run(offline / f"run-{run_id}.wandb")
+    assert list(run.tags) == ["tabular-regression", style]
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert config["train"]["lr"] == 0.003 and config["model"]["hidden"] == 128
+    assert config["run"]["run_folder"] == "runs/wb" and config["run"]["framework"] == style
+    assert config["run"]["commit"] == git("rev-parse", "HEAD", cwd=installed.project).strip()
+    with (installed.project / "runs" / "wb" / "metrics.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    best = min(rows, key=lambda row: float(row["val/mse"]))
+    assert summary["best/step"] == int(best["step"])
+    assert summary["best/val/mse"] == float(best["val/mse"])
+    assert summary["val/mse"] == float(rows[-1]["val/mse"])  # the latest, beside the best
+    assert artifacts == {
+        f"run-{run_id}": ["config.yaml", "curves.png", "metrics.csv", "record.json"]
+    }
+
+
+def read_wandb_run(path: Path) -> tuple[Any, dict[str, Any], dict[str, list[str]]]:
+    """An offline W&B run's records, read with W&B's own record definitions (the file is
+    W&B's LevelDB-style log: 32 KiB blocks of records, each with a 7-byte header): the run
+    record, its final summary and its artifacts' file names."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, position, pieces = path.read_bytes(), 7, b""  # after the file's own header
+    run, summary, artifacts = None, {}, {}
+    while position + 7 <= len(data):
+        room = 32768 - position % 32768
+        if room < 7:  # a block's tail too short for a header: padding
+            position += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if kind == 0 and length == 0:
+            break
+        pieces += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind not in (1, 4):  # the first or a middle piece of a record
+            continue
+        record = wandb_internal_pb2.Record.FromString(pieces)
+        pieces = b""
+        which = record.WhichOneof("record_type")
+        if which == "run":
+            run = record.run
+        elif which == "summary":
+            for item in record.summary.update:
+                summary["/".join(item.nested_key) or item.key] = json.loads(item.value_json)
+        elif which == "artifact":
+            contents = record.artifact.manifest.contents
+            artifacts[record.artifact.name] = sorted(entry.path for entry in contents)
+    return run, summary, artifacts
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("style", STYLES)
+def test_tensorboard_holds_the_hyperparameters_with_the_best_metrics(style, projects):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    installed = projects(style)
+    installed.run("train", "--logger", "tensorboard", *SHORT, "--name", "tb")
+    run_dir = installed.project / "runs" / "tb"
+    with (run_dir / "metrics.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    best = min(rows, key=lambda row: float(row["val/mse"]))
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "val/mse", "best/val/mse", "best/step"} <= set(events.Tags()["scalars"])
+    latest, *_ = reversed(events.Scalars("best/val/mse"))
+    assert (latest.step, latest.value) == (int(best["step"]), pytest.approx(float(best["val/mse"])))
+    plugin = {
+        tag: plugin_data_pb2.HParamsPluginData.FromString(content)
+        for tag, content in events.PluginTagToContent("hparams").items()
+    }
+    experiment = plugin["_hparams_/experiment"].experiment
+    assert {info.name.tag for info in experiment.metric_infos} >= {"best/val/mse", "best/step"}
+    hparams = plugin["_hparams_/session_start_info"].session_start_info.hparams
+    assert hparams["train.lr"].number_value == 0.003
+    assert hparams["model.hidden"].number_value == 128
+    assert hparams["train.logger"].string_value == "tensorboard"
 
 
 @pytest.mark.timeout(600)

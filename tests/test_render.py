@@ -47,8 +47,8 @@ def expected_files(combination: dict[str, str]) -> set[str]:
     front = ("__init__", "__main__", "cli", "config", "data", "engine", "model")
     files |= {f"{package}/{name}.py" for name in front}
     machinery = ["__init__", "hardware", "reporting", "runs", "settings", "training"]
-    # Experiments: sweeps, k folds and their splits, the run record.
-    machinery += ["folds", "record", "splits", "sweep"]
+    # Experiments: sweeps, k folds and their splits, the run record, what trackers get.
+    machinery += ["folds", "record", "splits", "sweep", "trackers"]
     if combination["framework"] == "raw":  # what Lightning does for the Lightning projects
         machinery += ["distributed", "tracking"]
     else:

@@ -309,7 +309,8 @@ def test_switching_the_framework_both_ways_keeps_the_users_code(template, work, 
     with (src / "data.py").open("a") as file:
         file.write("\n\nOUR_DATA_NOTE = 'cleaned by us'\n")
     config = project / "configs" / "default.yaml"
-    config.write_text(re.sub(r"batch_size: \d+", "batch_size: 48", config.read_text()))
+    # The project's own default: the line uncommented, as its README says.
+    config.write_text(re.sub(r"# batch_size: \d+", "batch_size: 48", config.read_text()))
     commit_all(project, "our model, data and settings")
 
     engines = {"lightning": (src / "engine.py").read_text()}
@@ -320,12 +321,17 @@ def test_switching_the_framework_both_ways_keeps_the_users_code(template, work, 
             result.stdout
         )
         assert answers(project)["framework"] == framework
+        # Whether to reinstall: lightning is a dependency of one engine only.
+        change = "+lightning>=2.4" if framework == "lightning" else "-lightning>=2.4"
+        assert f"The dependencies changed ({change}): reinstall: pip install -e ." in (
+            result.stdout
+        )
         pyproject = (project / "pyproject.toml").read_text()
         assert ('"lightning>=' in pyproject) == (framework == "lightning")
         engines.setdefault(framework, (src / "engine.py").read_text())
         assert "def our_model_helper" in (src / "model.py").read_text()
         assert "OUR_DATA_NOTE = 'cleaned by us'" in (src / "data.py").read_text()
-        assert "batch_size: 48" in config.read_text()
+        assert "\n  batch_size: 48" in config.read_text()
         assert not list(project.rglob("*.rej"))
         commit_all(project, f"switched to {framework}")
 

@@ -10,11 +10,8 @@ last.ckpt at each evaluation, best.ckpt at each better one, and early stopping.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
-import sys
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,15 +37,6 @@ from .plumbing.training import Diverged, Outcome, check_finite, make_loader
 
 ENGINE = "lightning"
 
-# The data sets are tensors in memory or small files: the worker count is a setting
-# (train.num_workers), and Lightning's advice to raise it is noise here.
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# A deprecation inside Lightning itself with recent torch releases; nothing to act on here.
-warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
-# Lightning's start-up banner (GPU available, TPU available...): record.json holds it.
-for name in ("utilities.rank_zero", "accelerators.cuda"):
-    logging.getLogger(f"lightning.pytorch.{name}").setLevel(logging.WARNING)
-
 
 class TaskModule(L.LightningModule):
     """The model of model.py with its optimizer, and what it logs."""
@@ -64,6 +52,8 @@ class TaskModule(L.LightningModule):
         # DDP would copy rank 0's to the others), and saved in checkpoints.
         self.loss_sum, self.loss_count = torch.zeros(()), torch.zeros(())
         self.evals = training.Evaluations()
+        self.perfect = training.perfect_score(meta)  # the monitored metric's best possible
+        self.stop: str | None = None  # why early stopping ended the run
         self.record: dict | None = None  # what produced the run, in short (rank 0)
         self.resumed: dict | None = None  # the checkpoint a run resumes from
 
@@ -101,7 +91,9 @@ class TaskModule(L.LightningModule):
             raise Diverged(self.global_step, row["val/loss"], self.lr, "validation loss")
         check_finite(self.model, self.global_step, self.lr)
         self.loss_sum.zero_(), self.loss_count.zero_()
-        self.evals.add(row)
+        self.stop = self.evals.add(row, self.cfg, self.perfect)
+        if self.stop == "perfect":  # EarlyStopping stops the other case
+            self.trainer.should_stop = True
         # float64: Lightning would round the learning rate to float32. The values are equal
         # on every process already; sync_dist leaves them so.
         values = {k: torch.tensor(v, dtype=torch.float64) for k, v in row.items()}
@@ -194,11 +186,13 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
         if checkpoint is not None:  # before Lightning loads them, in words of its own
             runs.load_weights(module.model, runs.model_weights(checkpoint), resume)
         signals = training.StopSignals()
-        trainer = make_trainer(cfg, data, signals, checkpoint if continuing else None, trial)
         baseline = {}
         if first:
             runs.prepare_run_dir(run_dir, cfg)
             module.record = write_record(run_dir, continuing)
+        resumed = checkpoint if continuing else None
+        trainer = make_trainer(cfg, data, signals, resumed, trial, module.record)
+        if first:
             parameters = sum(p.numel() for p in module.model.parameters())
             show(f"{type(module.model).__name__}: {parameters:,} parameters")
             baseline = training.measure_baseline(data.val_set, data.meta, cfg)
@@ -214,12 +208,12 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     if not trainer.is_global_zero:
         return None
     reason = "max_steps" if trainer.global_step >= t.max_steps else "epochs"
-    if t.patience and module.evals.bad_evals >= t.patience:
-        reason = "early_stopping"
-    return Outcome(reason, module.evals.best, module.evals.last, baseline)
+    return Outcome(module.stop or reason, module.evals.best, module.evals.last, baseline)
 
 
-def make_trainer(cfg: Config, data: DataModule, signals, resumed: dict | None, trial) -> L.Trainer:
+def make_trainer(
+    cfg: Config, data: DataModule, signals, resumed: dict | None, trial, record: dict | None
+) -> L.Trainer:
     """The Trainer, its loggers and its callbacks, as the config says."""
     t, folder = cfg.train, cfg.run_dir / "checkpoints"
     device = resolve_device(t.accelerator)
@@ -234,8 +228,11 @@ def make_trainer(cfg: Config, data: DataModule, signals, resumed: dict | None, t
     callbacks = [parts.RunCheckpoints(cfg, signals), stopping]
     if trial is not None:
         callbacks.append(parts.Pruning(trial))
+    bar = parts.progress_bar(cfg)
     loggers = [parts.MetricsCSV(cfg.run_dir, t.max_steps, resumed and resumed["progress"]["step"])]
-    tracker = parts.tracker_logger(cfg, cfg.run_dir, resumed and resumed.get("tracker_run_id"))
+    run_id = resumed and resumed.get("tracker_run_id")
+    tracker = parts.tracker_logger(cfg, cfg.run_dir, run_id, record)
+    callbacks.append(parts.RunReport(cfg, tracker, resumed=run_id is not None))
     return L.Trainer(
         accelerator=t.accelerator,
         devices=devices,
@@ -255,11 +252,11 @@ def make_trainer(cfg: Config, data: DataModule, signals, resumed: dict | None, t
         gradient_clip_val=t.grad_clip or None,
         logger=loggers + ([tracker] if tracker else []),
         log_every_n_steps=interval,
-        callbacks=callbacks,
+        callbacks=callbacks + ([bar] if bar else []),
         # A SLURM requeue signal makes Lightning save hpc_ckpt_N.ckpt here, beside last.ckpt.
         default_root_dir=folder,
         plugins=[parts.AtomicCheckpointIO()],
         use_distributed_sampler=False,  # make_loader shards the data itself, resumably
-        enable_progress_bar=sys.stdout.isatty(),
+        enable_progress_bar=bar is not None,
         enable_model_summary=False,  # train prints the parameter count
     )

@@ -39,7 +39,7 @@ from .plumbing.distributed import (
 )
 from .plumbing.hardware import resolve_device, resolve_devices, resolve_precision
 from .plumbing.record import write_record
-from .plumbing.reporting import save_baseline, show
+from .plumbing.reporting import plot_learning_curves, save_baseline, show
 from .plumbing.runs import (
     RUN_NAME_ENV,
     RunClaim,
@@ -69,6 +69,7 @@ from .plumbing.training import (
     get_rng_state,
     make_loader,
     measure_baseline,
+    perfect_score,
     seed_everything,
     set_rng_state,
     to_device,
@@ -107,6 +108,7 @@ class Run:
     state: State
     loss_sum: torch.Tensor  # the training loss since the last evaluation
     loss_count: torch.Tensor
+    perfect: float | None = None  # the monitored metric's best possible value, if it has one
     log: MetricsLog | None = None  # rank 0
     progress: Progress | None = None
     record: dict | None = None
@@ -193,6 +195,7 @@ def setup(cfg, run_dir, rank, world_size, device, checkpoint, path=None) -> Run:
         state=State(),
         loss_sum=torch.zeros((), device=device),
         loss_count=torch.zeros((), device=device),
+        perfect=perfect_score(meta),
     )
     if checkpoint is not None:
         restore(run, checkpoint, path)
@@ -239,7 +242,7 @@ def start_reporting(run: Run, checkpoint: dict[str, Any] | None) -> dict[str, An
     run.record = write_record(run.run_dir, resumed=checkpoint is not None)
     resumed_step = checkpoint["progress"]["step"] if checkpoint else None
     run_id = checkpoint.get("tracker_run_id") if checkpoint else None
-    run.log = MetricsLog(run.run_dir, run.cfg, resumed_step, run_id)
+    run.log = MetricsLog(run.run_dir, run.cfg, resumed_step, run_id, run.record)
     run.progress = Progress(run.state.step, run.cfg.train.max_steps)
     parameters = sum(p.numel() for p in run.model.parameters())
     show(f"{type(run.model).__name__}: {parameters:,} parameters")
@@ -249,10 +252,18 @@ def start_reporting(run: Run, checkpoint: dict[str, Any] | None) -> dict[str, An
 
 
 def stop_reporting(run: Run, error: BaseException | None = None) -> None:
+    """Rank 0: curves.png, then the tracker's run ends (with the run's files)."""
     if run.progress is not None:
         run.progress.close()
-    if run.log is not None:
-        run.log.close(error)
+    if run.log is None:
+        return
+    try:
+        if not getattr(error, "at_once", False):  # a second Ctrl-C: no time for a plot
+            plot_learning_curves(run.run_dir)
+    except Exception:
+        if error is None:
+            raise  # else the run's own error is the one to report
+    run.log.close(run.state.best, error)
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -273,9 +284,9 @@ def fit(run: Run, signals: StopSignals, trial: Any = None) -> str:
         seen = state.epoch * len(loader) + loader.served  # batches, over every epoch
         evaluated = evaluation_due(run.cfg, seen, len(loader), number)
         if evaluated:
-            evaluate(run, trial)
-            if t.patience and state.bad_evals >= t.patience:
-                return "early_stopping"
+            stop = evaluate(run, trial)
+            if stop:
+                return stop
         # After the step's evaluation, if it has one: a resumed run then misses none.
         (stop_asked,) = any_rank(signals.received, world_size=run.world_size, device=run.device)
         if stop_asked and number < t.max_steps:
@@ -342,8 +353,9 @@ def train_step(run: Run, micro_batches: list[Any]) -> torch.Tensor:
     return sum(losses) / len(losses)
 
 
-def evaluate(run: Run, trial: Any = None) -> None:
-    """Evaluate; then log a row and write last.ckpt, and best.ckpt when it is better."""
+def evaluate(run: Run, trial: Any = None) -> str | None:
+    """Evaluate; then log a row and write last.ckpt, and best.ckpt when it is better.
+    Returns why early stopping ends the run, if it does."""
     state = run.state
     scores = evaluate_model(run.model, run.val_loader, run.metrics, run.device, run.autocast)
     if not math.isfinite(scores["val/loss"]):  # the last step broke the weights
@@ -354,17 +366,17 @@ def evaluate(run: Run, trial: Any = None) -> None:
     run.loss_count.zero_()
     row = {"step": state.step, "epoch": state.epoch + 1, "lr": run.lr}
     row |= {"train/loss": train_loss.item(), **scores}
-    state.add(row)
+    stop = state.add(row, run.cfg, run.perfect)
 {% if sharding %}
     if run.log is not None:
         # The row first: a row later than the checkpoint is dropped on resume.
-        run.log.write(row)
+        run.log.write(row, best=state.improved)
     # Every process, since FSDP gathers the checkpoint's weights from all; rank 0 writes.
     save(run, "last.ckpt", "best.ckpt" if state.improved else None)
 {% else %}
     if run.log is not None:
         # The row first: a row later than the checkpoint is dropped on resume.
-        run.log.write(row)
+        run.log.write(row, best=state.improved)
         save(run, "last.ckpt", "best.ckpt" if state.improved else None)
 {% endif %}
     if trial is not None:
@@ -373,6 +385,7 @@ def evaluate(run: Run, trial: Any = None) -> None:
             import optuna
 
             raise optuna.TrialPruned(f"pruned at step {state.step}")
+    return stop
 
 
 def save(run: Run, *names: str | None) -> None:

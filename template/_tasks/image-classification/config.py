@@ -6,12 +6,15 @@ class DataConfig:
     val_split: float = 0.2  # share held out for validation (unless train/ and val/)
     folds: int | None = None  # k-fold cross-validation (train --folds K): val_split unused
     fold: int | None = None  # which of the folds is held out for validation, 1 to folds
-    image_size: int = 32  # images are resized to image_size x image_size pixels
+    image_size: int | None = None  # resized side; None: 32 built-in, yours: median side, <= 64
+    augment: bool = True  # random crops, rotations and colours of your training images
+    hflip: bool = False  # also mirror them left-right (it changes letters and digits)
 
 
 @dataclass
 class ModelConfig:
     """The small CNN of model.py."""
 
-    width: int = 32  # channels of the first block, doubled by each next one
+    width: int = 16  # channels of the stem, doubled by each conv block after it
     dropout: float = 0.1
+    average: float = 0.99  # evaluate a moving average of the weights (steadier); 0: off

@@ -6,7 +6,8 @@ Your data: a folder with one sub-folder of images per class (ImageFolder's conve
 
 split at random into training and validation, or split already, as my-images/train/
 and my-images/val/ (each with the class sub-folders). Pillow reads the images as RGB,
-resized to image_size.
+resized to data.image_size: by default the images' median shorter side, at most 64 pixels.
+The model changes the training images at random (model.py's Augment, data.augment).
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .config import Config
-from .plumbing import UserError
+from .plumbing import ConfigError, UserError
+from .plumbing.hardware import global_rank
 from .plumbing.splits import split_indices
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+BUILT_IN_SIZE = 32  # the side of the built-in shapes
+CHOSEN_SIZE = 64  # the largest side chosen for your images (set data.image_size for more)
+MIN_SIZE = 8  # the model halves an image four times
 # A folder whose resized images fit in this many bytes is decoded once and kept in memory
 # (in each process that reads it), instead of being read from disk every epoch.
 CACHE_BYTES = 512 * 2**20
@@ -35,10 +40,14 @@ class DataError(UserError):
 def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Dataset, dict]:
     """Training and validation sets, and the metadata the model needs (class names).
 
-    A checkpoint's `meta` is reused as is, so that a resumed run sees the same classes.
+    A checkpoint's `meta` is reused as is, so that a resumed run sees the same classes and
+    image size.
     """
-    size, seed = cfg.data.image_size, cfg.train.seed
+    if cfg.data.image_size is not None and cfg.data.image_size < MIN_SIZE:
+        raise ConfigError(f"data.image_size must be at least {MIN_SIZE} (or null: chosen)")
+    seed = cfg.train.seed
     if cfg.data.path is None:
+        size = (meta or {}).get("image_size") or cfg.data.image_size or BUILT_IN_SIZE
         images, labels = make_shapes(1280, size, seed)
         train, val = split(TensorDataset(images, labels), cfg)
         classes = SHAPES
@@ -53,11 +62,19 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
             if not (root / "val").is_dir():
                 raise DataError(f"{root} has train/ but no val/; add {root}/val/<class>/")
             classes = class_names(root / "train")
-            train = ImageFolder(root / "train", classes, size)
-            val = ImageFolder(root / "val", classes, size)
+            folders = [ImageFolder(root / "train", classes), ImageFolder(root / "val", classes)]
+            train, val = folders
         else:
             classes = class_names(root)
-            train, val = split(ImageFolder(root, classes, size), cfg)
+            folders = [ImageFolder(root, classes)]
+            train, val = split(folders[0], cfg)
+        size = (meta or {}).get("image_size") or cfg.data.image_size
+        if size is None:
+            size = chosen_size([s for folder in folders for s in folder.sizes])
+        for folder in folders:
+            folder.resize_to(size)
+        if meta is None and global_rank() == 0:
+            describe(folders, size, cfg.data.image_size is None)
     if meta is None:
         counts = torch.bincount(torch.tensor(labels_of(train)), minlength=len(classes))
         meta = {
@@ -74,6 +91,25 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
     return train, val, meta
 
 
+def chosen_size(sizes: list[tuple[int, int]]) -> int:
+    """The side images are resized to: the median shorter side of the images, but no more
+    than CHOSEN_SIZE (the model's cost grows with its square) and no less than MIN_SIZE."""
+    sides = sorted(min(width, height) for width, height in sizes)
+    return max(MIN_SIZE, min(CHOSEN_SIZE, sides[len(sides) // 2]))
+
+
+def describe(folders: list[ImageFolder], size: int, chosen: bool) -> None:
+    """One line on the images found and the size they are resized to."""
+    sizes = sorted((s for folder in folders for s in folder.sizes), key=lambda s: s[0] * s[1])
+    (small_w, small_h), (large_w, large_h) = sizes[0], sizes[-1]
+    how = "chosen from their sizes; data.image_size sets it" if chosen else "data.image_size"
+    print(
+        f"{len(sizes):,} images, from {small_w}x{small_h} to {large_w}x{large_h} pixels: "
+        f"resized to {size}x{size} ({how})",
+        flush=True,
+    )
+
+
 def load_dataset(path: str | Path, cfg: Config, meta: dict) -> Dataset:
     """All the images of a folder of class sub-folders, for `evaluate --data`."""
     root = Path(path)
@@ -81,15 +117,16 @@ def load_dataset(path: str | Path, cfg: Config, meta: dict) -> Dataset:
     unknown = sorted(set(found) - set(meta["classes"]))
     if unknown:
         raise DataError(f"{root} has classes the model was not trained on: {unknown}")
-    return ImageFolder(root, meta["classes"], meta["image_size"], missing_ok=True)
+    folder = ImageFolder(root, meta["classes"], missing_ok=True)
+    folder.resize_to(meta["image_size"])
+    return folder
 
 
 class ImageFolder(Dataset):
     """(image, label) pairs from root/<class>/<image>, decoded when first asked for, and
     kept (resized, as bytes) when the whole folder fits in CACHE_BYTES."""
 
-    def __init__(self, root: Path, classes: list[str], size: int, missing_ok: bool = False):
-        self.size = size
+    def __init__(self, root: Path, classes: list[str], missing_ok: bool = False):
         self.samples = []
         for label, name in enumerate(classes):
             files = sorted(
@@ -100,8 +137,11 @@ class ImageFolder(Dataset):
             if not files and not missing_ok:
                 raise DataError(f"{root / name} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             self.samples += [(path, label) for path in files]
-        for path, _ in self.samples:
-            check_image(path)
+        self.sizes = [check_image(path) for path, _ in self.samples]  # (width, height)
+        self.resize_to(BUILT_IN_SIZE)
+
+    def resize_to(self, size: int) -> None:
+        self.size = size
         fits = len(self.samples) * 3 * size * size <= CACHE_BYTES
         self.cache: dict[int, torch.Tensor] | None = {} if fits else None
 
@@ -153,13 +193,15 @@ def class_names(root: Path) -> list[str]:
     return classes
 
 
-def check_image(path: Path) -> None:
-    """Open the header now, so that a corrupt file fails before training, not during.
+def check_image(path: Path) -> tuple[int, int]:
+    """Open the header now, so that a corrupt file fails before training, not during;
+    returns the image's size.
 
     (A truncated JPEG passes this check: only decoding finds it, and load_image says so.)
     """
     try:
         with Image.open(path) as image:
+            size = image.size
             image.verify()
     except Image.DecompressionBombError as error:
         raise DataError(
@@ -167,6 +209,7 @@ def check_image(path: Path) -> None:
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise DataError(f"cannot read image {path} ({error}); remove or replace it") from None
+    return size
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
@@ -178,6 +221,9 @@ def load_pixels(path: str | Path, size: int) -> torch.Tensor:
     """An image file as RGB bytes, resized: a uint8 tensor (3, size, size)."""
     try:
         with Image.open(path) as image:
+            # A JPEG decodes at 1/2, 1/4 or 1/8 of its size when that is still at least
+            # `size` a side: several times faster than decoding every pixel.
+            image.draft("RGB", (size, size))
             image = to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
     except Image.DecompressionBombError as error:
         raise DataError(
@@ -239,16 +285,36 @@ def make_shapes(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
 # --- predict and export --------------------------------------------------------------
 
 
-def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[str]:
-    """The most likely class of each image file, with its probability."""
-    images = torch.stack([load_image(path, meta["image_size"]) for path in inputs])
-    with torch.no_grad():
-        probabilities = model(images).softmax(dim=-1)
-    top = probabilities.max(dim=-1)
-    return [
-        f"{path}: {meta['classes'][label]} ({p:.2f})"
-        for path, label, p in zip(inputs, top.indices.tolist(), top.values.tolist(), strict=True)
-    ]
+def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[dict]:
+    """The most likely class of each image, with its probability: a row per image. An input
+    is an image file, or a folder: every image in it and its sub-folders."""
+    paths = [path for given in inputs for path in images_of(Path(given))]
+    rows = []
+    for start in range(0, len(paths), 256):  # a folder of any size, in batches
+        batch = paths[start : start + 256]
+        images = torch.stack([load_image(path, meta["image_size"]) for path in batch])
+        with torch.no_grad():
+            top = model(images).softmax(dim=-1).max(dim=-1)
+        labels = [meta["classes"][i] for i in top.indices.tolist()]
+        for path, label, p in zip(batch, labels, top.values.tolist(), strict=True):
+            rows.append({"path": str(path), "predicted": label, "probability": round(p, 4)})
+    return rows
+
+
+def images_of(path: Path) -> list[Path]:
+    """An image file, or the images in a folder and its sub-folders, sorted."""
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise DataError(
+                f"{path} is a folder without images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                "predict takes image files, or folders that hold them"
+            )
+        return found
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; predict takes image files, or folders of them")
+    check_image(path)
+    return [path]
 
 
 def example_inputs(meta: dict) -> tuple[tuple[torch.Tensor, ...], dict]:

@@ -4,6 +4,7 @@ import struct
 import zlib
 
 import pytest
+import torch
 from PIL import Image
 
 from {{ package_name }}.data import (  # one name a line: the package name may be long
@@ -30,8 +31,60 @@ def test_a_folder_of_images_per_class_loads(tmp_path):
     assert meta["classes"] == ["cat", "dog"]
     assert (len(train), len(val)) == (6, 2)
     image, label = train[0]
-    assert image.shape == (3, cfg.data.image_size, cfg.data.image_size)
+    # The images' median shorter side, as none is larger than 64 pixels.
+    assert meta["image_size"] == 20
+    assert image.shape == (3, 20, 20)
     assert 0 <= image.min() and image.max() <= 1
+
+
+def test_the_image_size_is_chosen_from_the_images(tmp_path):
+    def image_size(folder, **overrides):
+        cfg = load_config(overrides={"data.path": str(tmp_path / folder), **overrides})
+        return build_datasets(cfg)[2]["image_size"]
+
+    for i in range(5):
+        for folder, cat, dog in [
+            ("big", (300 + i, 200), (48, 40)),
+            ("small", (12 + i, 40), (14, 14)),
+        ]:
+            for label, size in (("cat", cat), ("dog", dog)):
+                (tmp_path / folder / label).mkdir(parents=True, exist_ok=True)
+                suffix = "jpg" if label == "cat" else "png"
+                Image.new("RGB", size).save(tmp_path / folder / label / f"{i}.{suffix}")
+    assert image_size("big") == 64  # at most 64 unless asked for
+    assert image_size("small") == 14  # the median shorter side
+    assert image_size("big", **{"data.image_size": 96}) == 96
+
+
+def test_training_images_are_augmented_and_evaluated_plain(tmp_path):
+    write_images(tmp_path)
+    cfg = load_config(overrides={"data.path": str(tmp_path)})
+    _, _, meta = build_datasets(cfg)
+    model = build_model(cfg, meta)
+    images = torch.rand(4, 3, 20, 20)
+    torch.manual_seed(0)
+    changed = model.augment(images)
+    torch.manual_seed(0)
+    assert torch.equal(model.augment(images), changed)  # the seed decides the changes
+    assert changed.shape == images.shape and not torch.allclose(changed, images)
+    assert 0 <= changed.min() and changed.max() <= 1
+    model.eval()
+    assert torch.equal(model.augment(images), images)
+    # The built-in shapes, and data.augment=false, train on the images as they are.
+    assert not isinstance(build_model(load_config(), meta).augment, type(model.augment))
+    plain = load_config(overrides={"data.path": str(tmp_path), "data.augment": False})
+    assert not isinstance(build_model(plain, meta).augment, type(model.augment))
+
+
+def test_a_large_jpeg_decodes_at_a_fraction_of_its_size(tmp_path):
+    photo = Image.linear_gradient("L").resize((512, 384)).convert("RGB")
+    photo.save(tmp_path / "photo.jpg", quality=90)
+    fast = load_image(tmp_path / "photo.jpg", 64)
+    with Image.open(tmp_path / "photo.jpg") as image:  # every pixel decoded, then resized
+        full = image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)
+    pixels = torch.frombuffer(bytearray(full.tobytes()), dtype=torch.uint8)
+    slow = pixels.view(64, 64, 3).permute(2, 0, 1).float() / 255
+    assert fast.shape == (3, 64, 64) and (fast - slow).abs().mean() < 0.02
 
 
 def test_predict_names_a_class(tmp_path):
@@ -39,8 +92,17 @@ def test_predict_names_a_class(tmp_path):
     cfg = load_config(overrides={"data.path": str(tmp_path)})
     _, _, meta = build_datasets(cfg)
     model = build_model(cfg, meta).eval()
-    (line,) = predict(model, [str(tmp_path / "cat" / "0.png")], meta)
-    assert line.split(": ")[1].split(" ")[0] in meta["classes"]
+    (row,) = predict(model, [str(tmp_path / "cat" / "0.png")], meta)
+    assert row["path"] == str(tmp_path / "cat" / "0.png")
+    assert row["predicted"] in meta["classes"] and 0 < row["probability"] <= 1
+    # A folder: every image in it and its sub-folders; a folder without any is refused.
+    rows = predict(model, [str(tmp_path)], meta)
+    assert sorted(row["path"] for row in rows) == sorted(
+        str(path) for path in tmp_path.rglob("*.png")
+    )
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="is a folder without images"):
+        predict(model, [str(tmp_path / "empty")], meta)
 
 
 def test_bad_data_is_a_clear_error(tmp_path):

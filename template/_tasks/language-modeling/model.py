@@ -6,10 +6,12 @@ decides the best checkpoint; both training engines use these.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.text import Perplexity
 
 from .config import Config
@@ -48,8 +50,8 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class CharTransformer(nn.Module):
-    """Token and position embeddings, transformer blocks, and next-token logits."""
+class GPT(nn.Module):
+    """Token and position embeddings, transformer blocks, and next-token logits: a GPT."""
 
     def __init__(
         self,
@@ -90,11 +92,11 @@ class CharTransformer(nn.Module):
         return tokens
 
 
-def build_model(cfg: Config, meta: dict) -> CharTransformer:
+def build_model(cfg: Config, meta: dict) -> GPT:
     if cfg.model.n_embd % cfg.model.n_head:
         raise ConfigError("model.n_embd must be a multiple of model.n_head")
-    return CharTransformer(
-        vocab_size=len(meta["chars"]),
+    return GPT(
+        vocab_size=meta["vocab_size"],
         block_size=meta["block_size"],
         n_layer=cfg.model.n_layer,
         n_head=cfg.model.n_head,
@@ -115,12 +117,34 @@ def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 def build_metrics(meta: dict) -> MetricCollection:
     """Validation metrics, updated with (model output, target) batches."""
-    return MetricCollection({"ppl": Perplexity()})
+    return MetricCollection({"ppl": Perplexity(), "bpb": BitsPerByte(meta["token_bytes"])})
+
+
+class BitsPerByte(Metric):
+    """The cross-entropy in bits per byte of UTF-8 text: unlike the loss, which is per
+    token, it compares models whose tokenizers differ (char and bpe)."""
+
+    full_state_update = False
+
+    def __init__(self, token_bytes: list[int]):
+        super().__init__()
+        # The UTF-8 bytes of each token. Not saved in checkpoints: meta holds it.
+        self.register_buffer("token_bytes", torch.tensor(token_bytes), persistent=False)
+        self.add_state("bits", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("bytes", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        nats = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
+        self.bits += nats / math.log(2)
+        self.bytes += self.token_bytes[targets].sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.bits / self.bytes
 
 
 class Unigram(nn.Module):
-    """A model that learned nothing but the characters' frequencies in the training text:
-    its loss is the text's entropy per character, with no context at all."""
+    """A model that learned nothing but the tokens' frequencies in the training text: its
+    loss is the text's entropy per token, with no context at all."""
 
     def __init__(self, counts: list[int]):
         super().__init__()
@@ -131,4 +155,4 @@ class Unigram(nn.Module):
 
 
 def build_baseline(meta: dict) -> Unigram:
-    return Unigram(meta["char_counts"])
+    return Unigram(meta["token_counts"])

@@ -182,15 +182,44 @@ def make_sentences(n: int, seed: int) -> tuple[list[str], list[str]]:
 # --- predict and export --------------------------------------------------------------
 
 
-def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[str]:
-    """The most likely label of each text, with its probability."""
-    with torch.no_grad():
-        probabilities = model(encode(inputs, meta)).softmax(dim=-1)
-    top = probabilities.max(dim=-1)
-    return [
-        f"{text!r}: {meta['labels'][label]} ({p:.2f})"
-        for text, label, p in zip(inputs, top.indices.tolist(), top.values.tolist(), strict=True)
-    ]
+def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[dict]:
+    """The most likely label of each text, with its probability: a row per text (with the
+    other columns of a CSV's row). An input is a text; or, when it names a file, a CSV file
+    with a `text` column, or a text file of one text a line."""
+    rows = [row for given in inputs for row in texts_of(given)]
+    for start in range(0, len(rows), 1024):  # a file of any size, in batches
+        batch = rows[start : start + 1024]
+        with torch.no_grad():
+            top = model(encode([row["text"] for row in batch], meta)).softmax(dim=-1).max(-1)
+        for row, label, p in zip(batch, top.indices.tolist(), top.values.tolist(), strict=True):
+            row.update(predicted=meta["labels"][label], probability=round(p, 4))
+    return rows
+
+
+def texts_of(given: str) -> list[dict[str, str]]:
+    """A text as typed, or the texts of the file it names: the rows of a CSV file (which
+    need a `text` column), else each non-blank line."""
+    path = Path(given)
+    if path.is_dir():
+        raise DataError(
+            f"{path} is a folder; predict takes texts, CSV files with a text column, or text "
+            "files of one text a line"
+        )
+    if not path.is_file():
+        return [{"text": given}]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            if path.suffix.lower() != ".csv":
+                return [{"text": line.strip()} for line in file if line.strip()]
+            reader = csv.DictReader(file)
+            if "text" not in (reader.fieldnames or []):
+                raise DataError(
+                    f"{path}: expected a CSV with a text column; got columns "
+                    f"{','.join(reader.fieldnames or []) or '(none)'}"
+                )
+            return [{key: value or "" for key, value in row.items() if key} for row in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path} is not a readable UTF-8 text or CSV file ({error})") from None
 
 
 {% block example_inputs %}

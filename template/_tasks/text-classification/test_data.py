@@ -27,8 +27,24 @@ def test_predict_names_a_label(tmp_path):
     cfg = load_config()
     _, _, meta = build_datasets(cfg)
     model = build_model(cfg, meta).eval()
-    (line,) = predict(model, ["the coach saw a goal"], meta)
-    assert line.rsplit(": ", 1)[1].split(" ")[0] in meta["labels"]
+    (row,) = predict(model, ["the coach saw a goal"], meta)
+    assert row["text"] == "the coach saw a goal"
+    assert row["predicted"] in meta["labels"] and 0 < row["probability"] <= 1
+    # Files: a CSV's rows (its other columns kept), a text file's lines.
+    table, lines = tmp_path / "reviews.csv", tmp_path / "reviews.txt"
+    table.write_text('id,text\n1,"the chef baked bread, then soup"\n2,rain and storm\n')
+    lines.write_text("the coach saw a goal\n\nthe laptop chip\n")
+    rows = predict(model, [str(table), str(lines)], meta)
+    assert [row["text"] for row in rows] == [
+        "the chef baked bread, then soup",
+        "rain and storm",
+        "the coach saw a goal",
+        "the laptop chip",
+    ]
+    assert [row.get("id") for row in rows] == ["1", "2", None, None]
+    (tmp_path / "wrong.csv").write_text("sentence\nhi\n")
+    with pytest.raises(DataError, match="expected a CSV with a text column"):
+        predict(model, [str(tmp_path / "wrong.csv")], meta)
 
 
 def test_bad_data_is_a_clear_error(tmp_path):

@@ -23,7 +23,6 @@ from ..engine import train
 from ..model import MONITOR, MONITOR_MODE
 from . import UserError
 from .hardware import global_rank
-from .reporting import plot_learning_curves
 from .runs import (
     CHANGEABLE_ON_RESUME,
     RUN_NAME_ENV,
@@ -79,7 +78,6 @@ def train_each_fold(cfg: Config, folds: int, parent: Path) -> list[str] | None:
             if global_rank() == 0:  # the parent of a launch: its processes trained the folds
                 return None
             continue  # another process of a distributed run
-        plot_learning_curves(fold_cfg.run_dir)
         best = outcome.best
         print(f"fold {fold}/{folds}: {MONITOR} {best[MONITOR]:.4f} (step {best['step']})")
         done[fold] = {"fold": fold, "run": str(fold_cfg.run_dir), "best": best}

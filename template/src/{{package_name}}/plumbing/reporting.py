@@ -6,31 +6,51 @@ Rank 0 only.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm import tqdm
 
 from ..config import Config
 from ..model import MONITOR
 from . import UserError
 from .runs import temporary_beside
-from .training import Outcome
+from .training import Outcome, better
 
 # How each stop reason reads, in the summary and in the docs.
 STOP_REASONS = {
     "max_steps": "the step budget is spent ({steps} steps)",
     "epochs": "the epoch cap is reached ({epochs} epochs)",
     "early_stopping": "early stopping: {monitor} has not improved for {patience} evaluations",
+    "perfect": "done: {monitor} is perfect, and the validation loss fell by less than "
+    "{tie_delta} since the best evaluation",
 }
 
 
+QUIET = contextvars.ContextVar("quiet", default=False)
+
+
 def show(line: str) -> None:
-    """Print a line above the progress bar, if there is one."""
-    tqdm.write(line)
+    """Print a line above the progress bar, if there is one (not within `quiet()`)."""
+    if not QUIET.get():
+        tqdm.write(line)
+
+
+@contextlib.contextmanager
+def quiet(on: bool = True) -> Iterator[None]:
+    """No lines from show() within: a sweep's trials print one line each, at their end."""
+    token = QUIET.set(on)
+    try:
+        yield
+    finally:
+        QUIET.reset(token)
 
 
 def describe(row: dict[str, float], max_steps: int) -> str:
@@ -114,7 +134,7 @@ def summary(outcome: Outcome, cfg: Config) -> list[str]:
     t = cfg.train
     steps = outcome.last.get("step")
     reason = STOP_REASONS[outcome.reason].format(
-        steps=steps, epochs=t.epochs, monitor=MONITOR, patience=t.patience
+        steps=steps, epochs=t.epochs, monitor=MONITOR, patience=t.patience, tie_delta=t.tie_delta
     )
     baseline = outcome.baseline
     values = []
@@ -129,37 +149,110 @@ def summary(outcome: Outcome, cfg: Config) -> list[str]:
     ]
 
 
-def plot_learning_curves(run_dir: Path) -> Path:
-    """curves.png: the losses and the validation metrics over the steps, from metrics.csv,
-    with the trivial baseline as a dashed line."""
+def plot_learning_curves(run_dir: Path) -> Path | None:
+    """curves.png, from metrics.csv: a panel for the losses and one for each other metric
+    (each on its own axis; a log scale where the values span more than a decade), the
+    trivial baseline as a dashed line, the best evaluation (best.ckpt) marked, and the
+    learning rate. None when metrics.csv has no row yet."""
+    needed = ("step", MONITOR, "val/loss")
+    rows = [r for r in numeric_rows(run_dir / "metrics.csv") if None not in map(r.get, needed)]
+    if not rows:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
     curves: dict[str, tuple[list[float], list[float]]] = {}
-    with (run_dir / "metrics.csv").open(newline="", encoding="utf-8", errors="replace") as file:
-        for row in csv.DictReader(file):
-            for key, value in row.items():
-                if "/" in key and value not in ("", None):
-                    steps, values = curves.setdefault(key, ([], []))
-                    steps.append(float(row["step"]))
-                    values.append(float(value))
+    for row in rows:
+        for key, value in row.items():
+            if key not in ("step", "epoch") and value is not None:
+                steps, values = curves.setdefault(key, ([], []))
+                steps.append(row["step"])
+                values.append(value)
     baseline = read_baseline(run_dir)
-    losses = [key for key in curves if key.endswith("/loss")]
-    others = [key for key in curves if key not in losses]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, keys, title in ((axes[0], losses, "loss"), (axes[1], others, "validation metrics")):
+    best: dict[str, float] = {}
+    for row in rows:  # as training chose best.ckpt
+        if better(row, best, tie_delta(run_dir)):
+            best = row
+    panels = [[key for key in curves if key.endswith("loss")]]
+    panels += [[key] for key in curves if not key.endswith("loss") and key != "lr"]
+    panels += [["lr"]] if "lr" in curves else []
+    columns = min(3, len(panels))
+    lines = -(-len(panels) // columns)
+    figure, axes = plt.subplots(
+        lines, columns, figsize=(4.5 * columns, 3.4 * lines), squeeze=False
+    )
+    for ax, keys in zip(axes.flat, panels, strict=False):
+        shown = []
         for key in keys:
-            (line,) = ax.plot(*curves[key], marker=".", label=key)
-            if key in baseline:
-                label = f"{key}, {baseline['name']}"
-                ax.axhline(baseline[key], color=line.get_color(), linestyle="--", label=label)
+            steps, values = curves[key]
+            (line,) = ax.plot(steps, values, marker=".", markersize=4, label=key)
+            shown += values
+            if key in best:
+                ax.plot(
+                    best["step"],
+                    best[key],
+                    "o",
+                    color=line.get_color(),
+                    markersize=8,
+                    markerfacecolor="none",
+                )
+            if isinstance(baseline.get(key), int | float):
+                ax.axhline(
+                    baseline[key],
+                    color=line.get_color(),
+                    linestyle="--",
+                    linewidth=1,
+                    label=f"{key}, {baseline['name']}",
+                )
+                shown.append(baseline[key])
+        ax.axvline(
+            best["step"],
+            color="grey",
+            linestyle=":",
+            linewidth=1,
+            label=f"best.ckpt (step {best['step']:.0f})",
+        )
+        if spans_decades(shown):
+            ax.set_yscale("log")
+        title = "learning rate" if keys == ["lr"] else " and ".join(keys)
         ax.set(title=title, xlabel="step")
-        if keys:
-            ax.legend()
+        ax.legend(fontsize="small")
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    figure.suptitle(f"{run_dir.name}: {MONITOR} best at step {best['step']:.0f}")
     figure.tight_layout()
     path = run_dir / "curves.png"
-    figure.savefig(path, dpi=100)
+    with temporary_beside(path) as tmp:
+        figure.savefig(tmp, dpi=100, format="png")
     plt.close(figure)
     return path
+
+
+def tie_delta(run_dir: Path) -> float:
+    """The run's train.tie_delta, from its config.yaml."""
+    path = run_dir / "config.yaml"
+    settings = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return float(settings.get("train", {}).get("tie_delta", 0.0))
+
+
+def spans_decades(values: list[float]) -> bool:
+    """Whether positive values span more than a factor of ten: a log scale shows them."""
+    finite = [value for value in values if math.isfinite(value)]
+    return bool(finite) and min(finite) > 0 and max(finite) > 10 * min(finite)
+
+
+def numeric_rows(path: Path) -> list[dict[str, float | None]]:
+    """metrics.csv's rows, their values as numbers (None where blank), for plots: a
+    damaged file plots as far as it reads."""
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8", errors="replace") as file:
+        rows = []
+        for row in csv.DictReader(file):
+            try:
+                rows.append({k: float(v) if v not in ("", None) else None for k, v in row.items()})
+            except (TypeError, ValueError):  # a line cut short by a kill
+                break
+        return rows

@@ -32,8 +32,9 @@ CHANGEABLE_ON_RESUME = {
     *(
         f"train.{key}"
         for key in (
-            "max_steps epochs lr weight_decay grad_clip patience eval_every accelerator devices "
-            "num_nodes precision compile num_workers logger tracking_uri group output_dir name"
+            "max_steps epochs lr weight_decay grad_clip patience tie_delta eval_every accelerator "
+            "devices num_nodes precision compile num_workers logger tracking_uri group "
+            "log_checkpoint output_dir name"
         ).split()
     ),
 }
@@ -50,14 +51,19 @@ RUN_FOLDER_FILES = ("config.yaml", "metrics.csv", "record.json", "baseline.json"
 
 
 def run_folder_of(checkpoint: str | Path) -> Path | None:
-    """The run folder that holds a checkpoint (runs/<name>/checkpoints/x.ckpt), if any."""
-    path = Path(checkpoint).resolve()
-    folder = path.parent.parent
-    if path.parent.name == "checkpoints" and any(
+    """The run folder that holds a checkpoint (runs/<name>/checkpoints/x.ckpt), if any:
+    relative to the working directory when the checkpoint's path is, as a new run's is."""
+    path = Path(checkpoint)
+    folder = path.resolve().parent.parent
+    if path.resolve().parent.name != "checkpoints" or not any(
         (folder / name).is_file() for name in RUN_FOLDER_FILES
     ):
+        return None
+    if path.is_absolute():
         return folder
-    return None
+    with contextlib.suppress(ValueError):  # on another drive (Windows): absolute
+        return Path(os.path.relpath(folder))
+    return folder
 
 
 def has_checkpoint(run_dir: Path) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import os
 import types
 import typing
 from collections.abc import Iterable
@@ -25,7 +24,6 @@ DEFAULT_FILE = Path("configs/default.yaml")
 ACCELERATORS = ("cpu", "gpu", "mps", "auto")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
-WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # W&B's own
 # The optional extras of pyproject.toml, by the package each one brings.
 EXTRAS = {"optuna": "sweep", "mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboard"}
 
@@ -37,36 +35,6 @@ def require_extra(package: str, purpose: str) -> None:
             f"{purpose} needs {package}, which is not installed: "
             f'pip install -e ".[{EXTRAS[package]}]"'
         )
-
-
-def wandb_mode() -> str:
-    """W&B's mode: WANDB_MODE, checked; else online when credentials are found (without
-    asking or checking them), offline when none are."""
-    import wandb
-
-    mode = os.environ.get("WANDB_MODE")
-    if mode is None:
-        return "online" if wandb.login(prompt=False, verify=False) else "offline"
-    if mode not in WANDB_MODES:
-        raise ConfigError(
-            f"WANDB_MODE={mode} is not a mode of W&B: set it to online, offline or disabled, "
-            "or unset it (online when logged in, else offline)"
-        )
-    if mode in ("online", "run", "shared") and not wandb.login(prompt=False, verify=False):
-        raise UserError(
-            f"WANDB_MODE={mode}, but no W&B API key is set up here: run `wandb login` (or "
-            "set WANDB_API_KEY), or set WANDB_MODE=offline (`wandb sync` uploads it later)"
-        )
-    return mode
-
-
-def wandb_failed(mode: str, error: Exception) -> str:
-    """What W&B's failure to start a run says, in one line."""
-    lines = str(error).strip().splitlines() or [type(error).__name__]
-    return (
-        f"W&B could not start its run ({mode}): {lines[0]}; check `wandb login` and the "
-        "network, or set WANDB_MODE=offline (`wandb sync` uploads it later)"
-    )
 
 
 def load_config(
@@ -195,12 +163,17 @@ def check(cfg: Config) -> None:
         (t.max_steps >= 1, "train.max_steps must be at least 1"),
         (t.epochs is None or t.epochs >= 1, "train.epochs must be at least 1 (or null: no cap)"),
         (t.eval_every >= 1, "train.eval_every must be at least 1"),
+        (
+            t.eval_batches is None or t.eval_batches >= 1,
+            "train.eval_batches must be at least 1 (or null: the whole validation split)",
+        ),
         (t.batch_size >= 1, "train.batch_size must be at least 1"),
         (finite, "train.lr, train.weight_decay and train.grad_clip must be finite numbers"),
         (t.lr > 0, "train.lr must be positive"),
         (0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
         (t.accumulate >= 1, "train.accumulate must be at least 1"),
         (t.patience >= 0, "train.patience must be 0 (off) or more"),
+        (t.tie_delta >= 0, "train.tie_delta must be 0 or more"),
         (t.devices == -1 or t.devices >= 1, "train.devices must be -1 (all) or at least 1"),
         (t.num_nodes >= 1, "train.num_nodes must be at least 1"),
         (t.num_workers >= 0, "train.num_workers must be 0 or more"),

@@ -2,7 +2,8 @@
 
 Each trial is one training run, in this process, written as a normal run folder in
 runs/sweeps/<name>/trial-NNN/. The engine reports every evaluation to Optuna, whose pruner
-stops a trial that lags behind the others. The study lives in a storage (SQLite in the
+stops a trial that lags behind the others. A trial prints one line when it ends (with
+--verbose, its evaluations too). The study lives in a storage (SQLite in the
 sweep's folder by default), so an interrupted sweep resumes where it stopped, and any number
 of workers share its trials: each runs `sweep --name NAME`, with the same `--storage` when
 it is not the default.
@@ -40,7 +41,7 @@ from ..config import PROJECT, Config
 from ..engine import train
 from ..model import MONITOR, MONITOR_MODE
 from . import ConfigError, UserError
-from .reporting import plot_learning_curves
+from .reporting import quiet
 from .runs import check_output_dir, flatten, write_atomically
 from .settings import coerce, load_config, read_yaml
 from .training import Diverged, Interrupted
@@ -222,10 +223,11 @@ class Sweep:
         name: str,
         storage: str | None,
         trials: int | None,
+        verbose: bool = False,
     ):
         if trials is not None and trials < 1:
             raise UserError(f"--trials must be 1 or more; got {trials}")
-        self.name, self.cfg = name, cfg
+        self.name, self.cfg, self.verbose = name, cfg, verbose
         check_output_dir(cfg.train.output_dir)
         self.folder = Path(cfg.train.output_dir) / "sweeps" / name
         try:
@@ -361,8 +363,10 @@ class Sweep:
         try:
             cfg = self.trial_config(trial.number, params)
             trial.set_user_attr("settings", cfg.to_dict())
-            print(f"trial {trial.number}: {describe(params)}", flush=True)
-            outcome = train(cfg, trial=trial)
+            if self.verbose:  # else a line when it ends (report)
+                print(f"trial {trial.number}: {describe(params)}", flush=True)
+            with quiet(not self.verbose):  # its evaluations' lines
+                outcome = train(cfg, trial=trial)
         except (Interrupted, optuna.TrialPruned):
             raise
         except Exception as error:  # a diverging loss, settings that cannot work, a bug...
@@ -372,9 +376,6 @@ class Sweep:
             trial.set_user_attr("error", str(error))
             raise TrialFailed(error) from None
         finally:
-            run_dir = self.folder / run_name(trial.number)
-            if (run_dir / "metrics.csv").is_file():
-                plot_learning_curves(run_dir)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # the next trial's model may be larger
         return outcome.best[MONITOR]
@@ -405,20 +406,19 @@ class Sweep:
                 RETRY(self.study, self.study.tell(trial.number, state=TrialState.FAIL))
 
     def report(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """A line per finished trial."""
+        """A line per ended trial: how it ended, and its values."""
         if trial.state == TrialState.COMPLETE:
             best = study.best_trial
-            print(
-                f"trial {trial.number} finished: {MONITOR} {trial.value:.4f} "
-                f"(best: trial {best.number}, {best.value:.4f})",
-                flush=True,
+            how = (
+                f"finished: {MONITOR} {trial.value:.4f} "
+                f"(best: trial {best.number}, {best.value:.4f})"
             )
         elif trial.state == TrialState.PRUNED:
             step = max(trial.intermediate_values, default=0)
-            print(f"trial {trial.number} pruned at step {step}: it lagged behind", flush=True)
+            how = f"pruned at step {step}: it lagged behind"
         else:
-            error = trial.user_attrs.get("error", "see its run folder")
-            print(f"trial {trial.number} failed: {error}", flush=True)
+            how = f"failed: {trial.user_attrs.get('error', 'see its run folder')}"
+        print(f"trial {trial.number} {how}  [{describe(trial.params)}]", flush=True)
 
     # --- the results ---------------------------------------------------------------------
 

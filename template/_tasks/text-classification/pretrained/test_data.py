@@ -35,8 +35,8 @@ def test_predict_names_a_label():
     cfg = config()
     _, _, meta = build_datasets(cfg)
     model = build_model(cfg, meta).eval()
-    (line,) = predict(model, ["the coach saw a goal"], meta)
-    assert line.rsplit(": ", 1)[1].split(" ")[0] in meta["labels"]
+    (row,) = predict(model, ["the coach saw a goal"], meta)
+    assert row["predicted"] in meta["labels"] and 0 < row["probability"] <= 1
 
 
 def test_bad_data_is_a_clear_error(tmp_path):

@@ -96,7 +96,93 @@ def text_models(out: Path, data) -> dict[str, Path]:
     return {"distilbert": out / "distilbert", "bert": out / "bert"}
 
 
-MAKERS = {"text-classification": text_models}
+def image_models(out: Path, data) -> dict[str, Path]:
+    from transformers import (
+        ConvNextImageProcessorPil,
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+        ViTImageProcessorPil,
+    )
+
+    torch.manual_seed(0)
+    # ResNet-18's architecture and image settings, for 32-pixel images; 10 classes of its own.
+    resnet = ResNetForImageClassification(
+        ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=10
+        )
+    )
+    # A ViT takes images of one size only (32 here), and warps them to it.
+    vit = ViTForImageClassification(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+            num_labels=10,
+        )
+    )
+    save(
+        resnet,
+        ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=0.875),
+        out / "resnet",
+    )
+    save(vit, ViTImageProcessorPil(size={"height": 32, "width": 32}), out / "vit")
+    return {"resnet": out / "resnet", "vit": out / "vit"}
+
+
+def bpe_tokenizer(text: str):
+    """A byte-level BPE as GPT-2's and SmolLM2's, learned from `text`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=360,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator([text], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+
+
+def lm_models(out: Path, data) -> dict[str, Path]:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = bpe_tokenizer(data.make_text(seed=1))
+    torch.manual_seed(0)
+    # SmolLM2's architecture: grouped-query attention, tied embeddings.
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+        )
+    )
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256)
+    )
+    save(llama, tokenizer, out / "llama")
+    save(gpt2, tokenizer, out / "gpt2")
+    return {"llama": out / "llama", "gpt2": out / "gpt2"}
+
+
+MAKERS = {
+    "image-classification": image_models,
+    "text-classification": text_models,
+    "language-modeling": lm_models,
+}
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ LEARN = {
     + ["--lr", "1e-2", "--set", "model.backbone_lr_scale=0.3"],
     "text-classification": ["--max-steps", "100", "--set", "train.eval_every=25"]
     + ["--lr", "1e-2", "--set", "model.backbone_lr_scale=0.3"],
-    "language-modeling": ["--max-steps", "80", "--set", "train.eval_every=40", "--lr", "1e-2"]
+    "language-modeling": ["--max-steps", "60", "--set", "train.eval_every=30", "--lr", "1e-2"]
     + SHORT["language-modeling"],
 }
 FEW = ["--max-steps", "4", "--set", "train.eval_every=2", "--set", "train.patience=0"]
@@ -172,7 +172,9 @@ def test_pretrained_combination_fine_tunes(
         ["evaluate", "--checkpoint", last],
         [*predict, "--checkpoint", best],
         ["export", "--checkpoint", best],
-        pytest=True,  # the project's own tests, on its own tiny stand-in
+        # The project's own tests, on its own tiny stand-in: their data tests are the same
+        # in both engines, so one engine's run does for the tasks beside PROVES_ALL.
+        pytest=task == PROVES_ALL or combination["framework"] == "raw",
     )
     evaluated_best, evaluated_last, predicted, exported = (o.check().stdout for o in outcomes)
     rows, best_row = check_run(task, run_dir, trained.stdout, exported=True)

@@ -81,6 +81,9 @@ def test_a_terminal_shows_a_progress_bar_and_only_the_expected_lines(
     bars = [piece for piece in pieces if BAR.match(piece)]
     lines = [piece for piece in pieces if not BAR.match(piece)]
     assert bars, output
+    if task == "tabular-regression":  # the table's schema, inferred from its columns
+        schema, *lines = lines
+        assert schema.startswith("inputs: "), lines
     model, *evaluations, stopped, best, folder = lines
     assert re.fullmatch(r"\w+: [\d,]+ parameters", model), lines
     assert evaluations and all(line.startswith("step ") for line in evaluations), lines

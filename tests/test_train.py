@@ -82,8 +82,10 @@ def check_predictions(task: str, output: str) -> None:
         (row,) = csv.DictReader(lines)
         expected = "disc" if task == "image-classification" else "sports"
         assert row["predicted"] == expected and 0 < float(row["probability"]) <= 1, lines
-    elif task == "tabular-regression":
-        assert len(lines) == 2 and all(math.isfinite(float(x.rsplit("= ", 1)[1])) for x in lines)
+    elif task == "tabular-regression":  # CSV: the input columns as written, the prediction
+        first, second = csv.DictReader(lines)
+        assert first["colour"] == "red" and second["colour"] == "violet", lines
+        assert all(math.isfinite(float(row["predicted_target"])) for row in (first, second))
     else:
         assert output.startswith("the cat ") and len(output) > 100, output
 

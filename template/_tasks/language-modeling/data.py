@@ -556,8 +556,21 @@ def make_text(seed: int, sentences: int = 1500) -> str:
 # --- predict and export --------------------------------------------------------------
 
 
-def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[str]:
-    """Each prompt continued by 200 sampled tokens (seeded, so repeatable)."""
+def predict(
+    model: torch.nn.Module,
+    inputs: list[str],
+    meta: dict,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+) -> list[str]:
+    """Each prompt continued by max_new_tokens sampled tokens (seeded, so repeatable); a
+    line of dashes between the samples, as nanoGPT's sample.py prints them."""
+    if max_new_tokens < 0 or temperature <= 0 or (top_k is not None and top_k < 1):
+        raise UserError(
+            "predict needs --max-new-tokens 0 or more, --temperature above 0 and --top-k 1 "
+            f"or more; got {max_new_tokens}, {temperature} and {top_k}"
+        )
     tokenizer = load_tokenizer(meta)
     generator = torch.Generator().manual_seed(0)
     lines = []
@@ -565,8 +578,9 @@ def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[str]:
         # An empty prompt starts from the most common token of the training text.
         ids = tokenizer.encode(prompt, "the prompt") or [int(np.argmax(meta["token_counts"]))]
         out = model.generate(
-            torch.tensor([ids]), max_new_tokens=200, temperature=0.8, generator=generator
+            torch.tensor([ids]), max_new_tokens, temperature, top_k, generator=generator
         )
+        lines += ["-" * 15] if lines else []
         lines.append(tokenizer.decode(out[0].tolist()))
     return lines
 

@@ -9,6 +9,7 @@ import torch
 from {{ package_name }} import data
 from {{ package_name }}.data import DataError, build_datasets, load_dataset, predict
 from {{ package_name }}.model import build_model
+from {{ package_name }}.plumbing import UserError
 from {{ package_name }}.plumbing.settings import load_config
 from {{ package_name }}.plumbing.training import make_loader
 
@@ -52,6 +53,20 @@ def test_predict_continues_a_prompt():
     (text,) = predict(model, ["the cat "], meta)
     assert text.startswith("the cat ")
     assert len(text) > len("the cat ")
+
+
+def test_predict_samples_several_prompts_as_asked():
+    cfg = load_config()
+    _, _, meta = build_datasets(cfg)
+    model = build_model(cfg, meta).eval()
+    first, dashes, second = predict(model, ["the cat ", "a dog "], meta, max_new_tokens=5)
+    assert dashes == "-" * 15 and second.startswith("a dog ")
+    assert len(first) == len("the cat ") + 5  # a character a token
+    # top_k=1 takes the likeliest token each time, whatever the seed or the temperature.
+    greedy = predict(model, ["the cat "], meta, max_new_tokens=8, temperature=2.0, top_k=1)
+    assert greedy == predict(model, ["the cat "], meta, max_new_tokens=8, top_k=1)
+    with pytest.raises(UserError, match="--temperature above 0"):
+        predict(model, ["the cat "], meta, temperature=0)
 
 
 def test_a_large_text_is_encoded_once_into_the_token_cache(tmp_path, monkeypatch):

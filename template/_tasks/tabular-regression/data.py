@@ -504,20 +504,19 @@ def make_table(n: int, seed: int, target: str = "target") -> pa.Table:
 # --- predict and export ---------------------------------------------------------------------
 
 
-def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[str]:
-    """A prediction for each row of each CSV file (the target column may be absent)."""
-    lines = []
+def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[dict]:
+    """A row for each row of each CSV file: its input columns as written (and the target,
+    when the file has it), then the prediction (the target column may be absent)."""
+    rows = []
     for path in inputs:
         columns = [*meta["numeric"], *meta["categorical"]]
         table = read_table(Path(path), meta["target"], columns, need_target=False)
         numeric, categorical = encode(table, meta, path)
         with torch.no_grad():
-            predictions = model(numeric, categorical)
-        lines += [
-            f"{path}:{i + 2}: {meta['target']} = {value:.4g}"
-            for i, value in enumerate(predictions.tolist())
-        ]
-    return lines
+            predictions = model(numeric, categorical).tolist()
+        for cells, value in zip(table.to_pylist(), predictions, strict=True):
+            rows.append({**cells, f"predicted_{meta['target']}": round(value, 6)})
+    return rows
 
 
 def example_inputs(meta: dict) -> tuple[tuple[torch.Tensor, ...], dict]:

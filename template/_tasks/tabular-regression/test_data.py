@@ -89,9 +89,9 @@ def test_predict_reads_rows_without_the_target(tmp_path):
     columns = [*meta["numeric"], *meta["categorical"]]
     cells = [["0.5"] * len(meta["numeric"]) + ["red", "M"], [""] * len(columns)]
     rows = write_csv(tmp_path / "rows.csv", columns, cells)
-    lines = predict(model, [str(rows)], meta)
-    assert len(lines) == 2
-    float(lines[1].rsplit("= ", 1)[1])
+    first, blank = predict(model, [str(rows)], meta)
+    assert list(first) == [*columns, "predicted_target"] and first["colour"] == "red"
+    assert blank["colour"] is None and isinstance(blank["predicted_target"], float)
 
 
 def test_bad_data_is_a_clear_error(tmp_path):

@@ -44,11 +44,16 @@ class CausalLM(nn.Module):
         tokens: torch.Tensor,
         max_new_tokens: int,
         temperature: float = 1.0,
+        top_k: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Append max_new_tokens sampled tokens to each row of `tokens` (batch, length)."""
+        """Append max_new_tokens sampled tokens to each row of `tokens` (batch, length),
+        each drawn from the `top_k` likeliest (all when None)."""
         for _ in range(max_new_tokens):
             logits = self(tokens[:, -self.block_size :])[:, -1] / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, -float("inf"))
             next_token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
             tokens = torch.cat([tokens, next_token], dim=1)
         return tokens

@@ -2,6 +2,7 @@
 pretrained projects (backbone=pretrained) on tiny local stand-ins of hub models (CPU).
 
     python benchmarks/finetune_overhead.py [--repeat 3] [--tasks text-classification ...]
+        [--accelerator gpu]
 
 As benchmarks/train_overhead.py, with the raw and Lightning cpu projects of backbone
 pretrained: model.pretrained names the task's tiny stand-in of the default model, built
@@ -27,8 +28,12 @@ from train_overhead import HEADER, KINDS, generate, measure, print_row
 
 HERE = Path(__file__).resolve().parent
 # Steps per timed run: a few seconds of fine-tuning each, on a 2-core CPU.
-STEPS = {"text-classification": 600}
-DEFAULT = {"text-classification": "distilbert"}  # the stand-in of each task's default model
+STEPS = {"image-classification": 300, "text-classification": 600, "language-modeling": 200}
+# The stand-in of each task's default model: ResNet-18's, DistilBERT's, SmolLM2's.
+DEFAULT = {"image-classification": "resnet", "text-classification": "distilbert"}
+DEFAULT["language-modeling"] = "llama"
+# Windows of 32 tokens, as the tests train the language model (the default is 128).
+SETTINGS = {"language-modeling": ["--set=data.block_size=32"]}
 
 
 def stand_in(project: Path, task: str, out: Path) -> Path:
@@ -46,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tasks", nargs="*", default=list(STEPS))
+    parser.add_argument("--accelerator", default="cpu")
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     rows = []
@@ -58,7 +64,8 @@ def main() -> None:
             }
             projects["reference"] = projects["raw"]
             folder = stand_in(projects["raw"], task, Path(tmp) / f"tiny-{task}")
-            extra = ["--accelerator", "cpu", f"--set=model.pretrained={folder}"]
+            extra = ["--accelerator", args.accelerator, f"--set=model.pretrained={folder}"]
+            extra += SETTINGS.get(task, [])
             runs: dict[str, list[dict]] = {kind: [] for kind in KINDS}
             for repeat in range(args.repeat):
                 order = KINDS[repeat % 3 :] + KINDS[: repeat % 3]  # interleaved, rotating

@@ -28,7 +28,7 @@ from train_overhead import HEADER, KINDS, generate, measure, print_row
 
 HERE = Path(__file__).resolve().parent
 # Steps per timed run: a few seconds of fine-tuning each, on a 2-core CPU.
-STEPS = {"image-classification": 300, "text-classification": 600, "language-modeling": 200}
+STEPS = {"image-classification": 900, "text-classification": 1800, "language-modeling": 600}
 # The stand-in of each task's default model: ResNet-18's, DistilBERT's, SmolLM2's.
 DEFAULT = {"image-classification": "resnet", "text-classification": "distilbert"}
 DEFAULT["language-modeling"] = "llama"

@@ -111,7 +111,7 @@ def test_the_time_limit_signal_requeues_and_the_job_resumes_exactly(framework, i
     assert "interrupted (SIGTERM after step " in output, output
     assert log.read_text().splitlines()[-1] == f"requeue {job}"
     stopped_at = checkpoint_step(runs / f"slurm-{job}" / "checkpoints" / "last.ckpt")
-    assert 5 < stopped_at < 20, stopped_at
+    assert 5 <= stopped_at < 20, stopped_at  # the signal may come before step 5 ends
 
     # The requeued job: same job id, same command; it finds its checkpoint and resumes.
     output = finish(sbatch(project.root, env, job))

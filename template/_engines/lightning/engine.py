@@ -171,6 +171,7 @@ def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> O
     """Train to the step budget with Lightning, evaluating and checkpointing as it goes;
     resume from a checkpoint. Returns the outcome on rank 0, None on the other ranks."""
     t = cfg.train
+    resolve_device(t.accelerator)  # hardware that is missing: one line, before any folder
     checkpoint = runs.read_checkpoint(resume) if resume else None
     if checkpoint is not None:
         runs.check_resumable(checkpoint, cfg, resume, ENGINE)

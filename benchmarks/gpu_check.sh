@@ -2,7 +2,9 @@
 # GPU check, for a machine with CUDA GPUs (not part of CI): generate the gpu and multi-gpu
 # projects of every task in both styles, train each for 500 steps with mixed precision,
 # and print the run time and throughput; then the engines' overhead against a hand-written
-# loop on the GPU, with bf16 and torch.compile (benchmarks/train_overhead.py).
+# loop on the GPU, with bf16 and torch.compile (benchmarks/train_overhead.py). Then the
+# pretrained projects fine-tune the real default models (see below), and the fine-tuning
+# overhead on tiny stand-ins (benchmarks/finetune_overhead.py).
 #   bash benchmarks/gpu_check.sh [OUTPUT_DIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,6 +41,43 @@ PY
     done
   done
 done
+# Pretrained projects: the real default models (ResNet-18, DistilBERT, SmolLM2-135M), which
+# must be in the Hugging Face cache or downloadable (hf download ID, see the projects'
+# READMEs); 300 fine-tuning steps each in both styles, SmolLM2 also with LoRA, and with
+# two GPUs or more its FSDP run (train.strategy=fsdp) against DDP.
+pretrained_run() {  # name task framework hardware [train arguments...]
+  local name=$1 task=$2 framework=$3 hardware=$4
+  shift 4
+  if [ ! -d "$out/$name" ]; then
+    scaffold new "$out/$name" --defaults --task "$task" --framework "$framework" \
+      --hardware "$hardware" --backbone pretrained --name "check-$name" >/dev/null
+    pip install -q -e "$out/$name"  # transformers, peft
+  fi
+  local start end
+  start=$(date +%s.%N)
+  (cd "$out/$name" && "check-$name" train --max-steps 300 --precision auto \
+    --set train.patience=0 "$@" > "train-$*.log" 2>&1) \
+    || { echo "$name $* FAILED"; tail -20 "$out/$name/train-$*.log"; return; }
+  end=$(date +%s.%N)
+  echo "$name $* $(awk "BEGIN {print $end - $start}") s: $(grep '^best' "$out/$name/train-$*.log")"
+}
+echo
+echo "fine-tuning the default pretrained models (300 steps, bf16 where supported):"
+for framework in raw lightning; do
+  for task in image-classification text-classification language-modeling; do
+    pretrained_run "$task-$framework-pretrained" "$task" "$framework" gpu --name full
+  done
+  pretrained_run "language-modeling-$framework-pretrained" language-modeling "$framework" gpu \
+    --name lora --set model.lora_rank=16 --lr 1e-3
+  if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+    for strategy in ddp fsdp; do  # two processes (raw projects relaunch under torchrun)
+      pretrained_run "language-modeling-$framework-multi-pretrained" language-modeling \
+        "$framework" multi-gpu --name "$strategy" --set "train.strategy=$strategy" --devices 2
+    done
+  fi
+done
+python "$repo/benchmarks/finetune_overhead.py" --repeat 3 --accelerator gpu
+
 echo "projects and logs in $out"
 echo
 echo "engine overhead against a hand-written loop, on the GPU with bf16 and torch.compile:"

@@ -82,13 +82,7 @@ def reference_loop(package: str):
         val_loader = DataLoader(val_set, t.batch_size)
         model = model_code.build_model(cfg, meta).to(device)
         metrics = model_code.build_metrics(meta).to(device)
-        decay = [p for p in model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": t.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=t.lr, fused=device.type == "cuda")
+        optimizer = torch.optim.AdamW(groups_of(model, cfg), lr=t.lr, fused=device.type == "cuda")
         warmup = int(t.warmup_ratio * t.max_steps)
 
         def factor(step: int) -> float:
@@ -121,6 +115,24 @@ def reference_loop(package: str):
                     torch.save(state, Path(t.output_dir) / f"{t.name}.pt")
                 if step == t.max_steps:
                     break
+
+    def groups_of(model, cfg) -> list[dict]:
+        """AdamW's groups as the engines make them: decay on the weights, not on biases and
+        norms; a pretrained model's backbone at model.backbone_lr_scale times the rate."""
+        t = cfg.train
+        scale = getattr(cfg.model, "backbone_lr_scale", 1.0)
+        backbone = {id(p) for p in getattr(model, "backbone", torch.nn.Module()).parameters()}
+        trained = [p for p in model.parameters() if p.requires_grad]
+        groups = []
+        for lr, params in (
+            (t.lr, [p for p in trained if id(p) not in backbone]),
+            (t.lr * scale, [p for p in trained if id(p) in backbone]),
+        ):
+            weights = [p for p in params if p.dim() >= 2]
+            groups.append({"params": weights, "lr": lr, "weight_decay": t.weight_decay})
+            others = [p for p in params if p.dim() < 2]
+            groups.append({"params": others, "lr": lr, "weight_decay": 0.0})
+        return [group for group in groups if group["params"]]
 
     @torch.no_grad()
     def validate(model, loader, metrics, device, autocast) -> None:

@@ -41,14 +41,14 @@ HEADER = """\
 | --- | --- | --- | --- | --- | --- | --- | --- | --- |"""
 
 
-def generate(tmp: Path, task: str, framework: str) -> Path:
+def generate(tmp: Path, task: str, framework: str, **answers: str) -> Path:
     source = tmp / "template"
     if not source.exists():  # a copy outside git: Copier renders it as it is
         source.mkdir()
         shutil.copy(template_root() / "copier.yml", source)
         shutil.copytree(template_root() / "template", source / "template")
     project = tmp / f"{task}-{framework}"
-    data = {"task": task, "framework": framework, "project_name": f"bench-{framework}"}
+    data = {"task": task, "framework": framework, "project_name": f"bench-{framework}", **answers}
     run_copy(str(source), project, data=data, defaults=True, quiet=True)
     return project
 

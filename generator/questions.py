@@ -13,8 +13,10 @@ from pathlib import Path
 
 import yaml
 
-# The three answers that change what the generated code does; every combination is valid.
-MATRIX_AXES = ("task", "framework", "hardware")
+# The answers that change what the generated code does. A combination is valid when each
+# answer is asked (its question's `when` holds) or is the question's default: tabular
+# regression has no pretrained backbone, so its projects are all `backbone: scratch`.
+MATRIX_AXES = ("task", "framework", "hardware", "backbone")
 
 # Flags whose name is not the question's own (`--name` reads better than `--project-name`).
 FLAG_NAMES = {"project_name": "name"}
@@ -28,6 +30,7 @@ class Question:
     help: str
     choices: tuple[str, ...] | None
     default: str | None  # None where copier.yml derives the default from other answers
+    when: str | bool = True  # whether it is asked: a Jinja expression of earlier answers
 
     @property
     def flag(self) -> str:
@@ -65,6 +68,7 @@ def load_questions() -> tuple[Question, ...]:
                 help=options.get("help", name),
                 choices=choices,
                 default=None if default is None else str(default),
+                when=options.get("when", True),
             )
         )
     return tuple(questions)
@@ -74,7 +78,23 @@ def question(name: str) -> Question:
     return next(q for q in load_questions() if q.name == name)
 
 
+def asked(question: Question, answers: dict[str, str]) -> bool:
+    """Whether Copier asks `question` after these answers (its `when`, rendered as Copier does)."""
+    if isinstance(question.when, bool):
+        return question.when
+    import jinja2
+
+    rendered = jinja2.Environment().from_string(question.when).render(**answers)
+    return rendered.strip().lower() not in ("false", "0", "no", "off", "")
+
+
 def matrix() -> list[dict[str, str]]:
-    """Every valid combination of the matrix axes, in copier.yml's order."""
-    axes = [question(axis).choices for axis in MATRIX_AXES]
-    return [dict(zip(MATRIX_AXES, values, strict=True)) for values in itertools.product(*axes)]
+    """Every valid combination of the matrix axes, in copier.yml's order: an answer of a
+    question that is not asked (see `asked`) can only be its default."""
+    axes = [question(axis) for axis in MATRIX_AXES]
+    rows = []
+    for values in itertools.product(*(axis.choices for axis in axes)):
+        row = dict(zip(MATRIX_AXES, values, strict=True))
+        if all(asked(axis, row) or row[axis.name] == axis.default for axis in axes):
+            rows.append(row)
+    return rows

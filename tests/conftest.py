@@ -17,11 +17,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from generator.questions import MATRIX_AXES, matrix, template_root
+from generator.questions import MATRIX_AXES, matrix, question, template_root
 
 REPO = Path(__file__).resolve().parent.parent
 COMBINATIONS = matrix()
 TASKS = sorted({c["task"] for c in COMBINATIONS})
+SCRATCH = [c for c in COMBINATIONS if c["backbone"] == "scratch"]
+PRETRAINED = [c for c in COMBINATIONS if c["backbone"] == "pretrained"]
+# No test downloads anything: the pretrained projects load tiny models that the tests build
+# (tiny_models), and whatever asks the Hugging Face hub is refused at once.
+os.environ["HF_HUB_OFFLINE"] = "1"
 # What a run folder holds (with the csv logger; TensorBoard adds tensorboard/). The projects
 # of the tests are not git repositories: no git.diff.
 RUN_FILES = {
@@ -68,14 +73,16 @@ def short(task: str) -> list[str]:
 
 
 def combination_id(combination: dict[str, str]) -> str:
-    return "-".join(combination[axis] for axis in MATRIX_AXES)
+    """image-classification-raw-cpu-scratch, ...; an axis left out takes its default."""
+    return "-".join(combination.get(axis) or question(axis).default for axis in MATRIX_AXES)
 
 
 def package_of(combination: dict[str, str]) -> str:
-    """A short, distinct package name per combination: img_raw_multi_gpu, ..."""
+    """A short, distinct package name per combination: img_raw_multi_gpu, txt_raw_cpu_pt..."""
     task = {"image": "img", "text": "txt", "tabular": "tab", "language": "lm"}
     short = task[combination["task"].split("-")[0]]
-    return f"{short}_{combination['framework']}_{combination['hardware']}".replace("-", "_")
+    name = f"{short}_{combination['framework']}_{combination['hardware']}".replace("-", "_")
+    return name + ("_pt" if combination.get("backbone") == "pretrained" else "")
 
 
 @pytest.fixture(scope="session")
@@ -424,6 +431,24 @@ def installed_project(template_copy, tmp_path_factory):
             )
             cache[key] = install(project, root / name / "venv")
         return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """tiny_models(installed, task): {name: folder} of the tiny stand-ins of hub models for
+    the pretrained projects of the task (tests/tiny_models.py), built once per test process
+    in the venv of one of them (`installed`), whose built-in data gives their vocabulary."""
+    built: dict[str, dict[str, Path]] = {}
+
+    def get(installed: Installed, task: str) -> dict[str, Path]:
+        if task not in built:
+            out = tmp_path_factory.mktemp(f"tiny-{task}")
+            script = [str(installed.python), str(REPO / "tests" / "tiny_models.py")]
+            result = run([*script, installed.package, task, str(out)], cwd=installed.project)
+            built[task] = {k: Path(v) for k, v in json.loads(result.stdout).items()}
+        return built[task]
 
     return get
 

@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 from conftest import (
-    COMBINATIONS,
+    SCRATCH,
     SHORT,
     assert_learned,
     check_run,
@@ -30,7 +30,7 @@ from conftest import (
 
 pytestmark = pytest.mark.slow
 
-MULTI_GPU = [c for c in COMBINATIONS if c["hardware"] == "multi-gpu"]
+MULTI_GPU = [c for c in SCRATCH if c["hardware"] == "multi-gpu"]
 TABULAR_RAW = {"task": "tabular-regression", "framework": "raw", "hardware": "multi-gpu"}
 # The tests of one project run in one test process (see test_train.combination_param).
 TABULAR_RAW_GROUP = pytest.mark.xdist_group(combination_id(TABULAR_RAW))

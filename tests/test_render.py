@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import re
 import subprocess
 import sys
 import tomllib
 
+import jinja2
 import pytest
 import yaml
 from conftest import (
@@ -51,6 +53,11 @@ def expected_files(combination: dict[str, str]) -> set[str]:
         machinery += ["distributed", "tracking"]
     else:
         machinery += ["lightning_parts"]
+    if combination["backbone"] == "pretrained":  # loading Hugging Face models; a tiny one
+        machinery += ["hub"]
+        files.add("tests/tiny_model.py")
+        if combination["hardware"] == "multi-gpu":  # FSDP
+            machinery += ["sharding"]
     files |= {f"{package}/plumbing/{name}.py" for name in machinery}
     if combination["hardware"] == "multi-gpu":
         files.add("scripts/slurm.sbatch")
@@ -73,8 +80,14 @@ def projects(template_copy, tmp_path_factory):
 def test_the_matrix_is_every_combination_of_copier_yml():
     spec = yaml.safe_load((template_root() / "copier.yml").read_text())
     sizes = [len(spec[axis]["choices"]) for axis in ("task", "framework", "hardware")]
-    assert len(COMBINATIONS) == sizes[0] * sizes[1] * sizes[2] == 32
-    assert len({combination_id(c) for c in COMBINATIONS}) == 32
+    assert sizes[0] * sizes[1] * sizes[2] == 32
+    scratch = [c for c in COMBINATIONS if c["backbone"] == "scratch"]
+    pretrained = [c for c in COMBINATIONS if c["backbone"] == "pretrained"]
+    # Every task from scratch; every task but tabular regression also pretrained.
+    assert len(scratch) == 32 and len(pretrained) == 24
+    tasks = {"image-classification", "text-classification", "language-modeling"}
+    assert {c["task"] for c in pretrained} == tasks
+    assert len({combination_id(c) for c in COMBINATIONS}) == len(COMBINATIONS) == 56
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=combination_id)
@@ -84,18 +97,41 @@ def test_renders_exactly_its_own_files(combination, projects):
     assert files == expected_files(combination)
 
     package = project / "src" / package_of(combination)
-    # The task's and the engine's partials, and no other, went in verbatim.
+    # The task's and the engine's partials, and no other, went in verbatim (the scratch
+    # partials' block tags aside: the pretrained variants replace those blocks).
     task, engine = TEMPLATE / "_tasks" / combination["task"], TEMPLATE / "_engines"
-    assert (package / "data.py").read_text() == (task / "data.py").read_text()
-    assert (package / "model.py").read_text() == (task / "model.py").read_text()
+    pretrained = combination["backbone"] == "pretrained"
+    for name in ("data.py", "model.py"):
+        scratch = without_block_tags((task / name).read_text())
+        assert ((package / name).read_text() == scratch) != pretrained, name
     framework = combination["framework"]
-    assert (package / "engine.py").read_text() == (engine / framework / "engine.py").read_text()
+    partial = (engine / framework / "engine.py").read_text()
+    assert (package / "engine.py").read_text() == rendered(partial, combination)
     dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"][
         "dependencies"
     ]
     assert any(d.startswith("lightning") for d in dependencies) == (framework == "lightning")
     assert any(d.startswith("pillow") for d in dependencies) == (
         combination["task"] == "image-classification"
+    )
+    # transformers for a pretrained backbone only: scratch projects have no new dependency.
+    assert any(d.startswith("transformers") for d in dependencies) == pretrained
+
+
+def rendered(text: str, answers: dict[str, str]) -> str:
+    """A partial as Copier renders it with these answers (its Jinja settings of copier.yml)."""
+    environment = jinja2.Environment(
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
+    )
+    return environment.from_string(text).render(**answers)
+
+
+def without_block_tags(text: str) -> str:
+    """A partial as Jinja renders it without a child template: its block tags' lines go."""
+    return "".join(
+        line
+        for line in text.splitlines(keepends=True)
+        if not re.fullmatch(r"\s*\{% (end)?block( \w+)? %\}\s*", line)
     )
 
 

@@ -22,8 +22,8 @@ import pytest
 import torch
 import yaml
 from conftest import (
-    COMBINATIONS,
     MONITOR,
+    SCRATCH,
     SHORT,
     TASKS,
     assert_learned,
@@ -112,7 +112,7 @@ def assert_no_warnings(stderr: str) -> None:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("combination", [combination_param(c) for c in COMBINATIONS])
+@pytest.mark.parametrize("combination", [combination_param(c) for c in SCRATCH])
 def test_combination_installs_trains_and_learns(
     combination, installed_project, default_run, tmp_path
 ):

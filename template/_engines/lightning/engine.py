@@ -1,3 +1,4 @@
+{% set sharding = backbone == "pretrained" and hardware == "multi-gpu" %}
 """The training engine: PyTorch Lightning's Trainer around the plain model of model.py.
 
 `TaskModule` wraps the model with its optimizer and logs with `self.log`; whatever it logs
@@ -29,6 +30,9 @@ from .plumbing.hardware import global_rank, resolve_device, resolve_devices, res
 from .plumbing.record import write_record
 from .plumbing.reporting import save_baseline, show
 from .plumbing.settings import load_config
+{% if sharding %}
+from .plumbing.sharding import lightning_strategy, shard
+{% endif %}
 from .plumbing.training import Diverged, Outcome, check_finite, make_loader
 
 ENGINE = "lightning"
@@ -101,6 +105,13 @@ class TaskModule(L.LightningModule):
     def lr(self) -> float:
         return self.lr_schedulers().get_last_lr()[0]
 
+{% if sharding %}
+    def configure_model(self) -> None:
+        # FSDP (train.strategy: fsdp): ModelParallelStrategy shards over its processes' mesh.
+        if self.device_mesh is not None:
+            shard(self.model, self.device_mesh["data_parallel"])
+
+{% endif %}
     def configure_optimizers(self):
         optimizer, scheduler = training.build_optimizer(self.model, self.cfg, self.device)
         schedule = {"scheduler": scheduler, "interval": "step"}  # stepped per optimizer step
@@ -227,7 +238,11 @@ def make_trainer(
         accelerator=t.accelerator,
         devices=devices,
         num_nodes=t.num_nodes,
+{% if sharding %}
+        strategy=lightning_strategy(t.strategy, world_size),
+{% else %}
         strategy="ddp" if world_size > 1 else "auto",
+{% endif %}
         precision=resolve_precision(t.precision, device),
         max_steps=t.max_steps,
         max_epochs=t.epochs or -1,

@@ -1,3 +1,4 @@
+{% set sharding = backbone == "pretrained" and hardware == "multi-gpu" %}
 """The training engine: one plain PyTorch loop, readable top to bottom.
 
 `train` sets a run up (its folder, the data, the model, its optimizer, a checkpoint to
@@ -50,6 +51,9 @@ from .plumbing.runs import (
     rebuilding_from,
     save_atomically,
 )
+{% if sharding %}
+from .plumbing.sharding import check_strategy, load_optimizer_state, no_sync, shard, whole_state
+{% endif %}
 from .plumbing.tracking import MetricsLog, Progress
 from .plumbing.training import (
     Diverged,
@@ -157,6 +161,14 @@ def setup(cfg, run_dir, rank, world_size, device, checkpoint, path=None) -> Run:
     meta = checkpoint["hyper_parameters"]["meta"] if checkpoint else None
     train_set, val_set, meta = build_datasets(cfg, meta)
     model = build_model(cfg, meta).to(device)
+{% if sharding %}
+    check_strategy(t.strategy)
+    if t.strategy == "fsdp":
+        # The checkpoint's weights go into the whole model; the optimizer takes the shards.
+        if checkpoint is not None:
+            load_weights(model, checkpoint["model"], path)
+        shard(model)
+{% endif %}
     optimizer, scheduler = build_optimizer(model, cfg, device)
     precision = resolve_precision(t.precision, device)
     run = Run(
@@ -189,14 +201,26 @@ def setup(cfg, run_dir, rank, world_size, device, checkpoint, path=None) -> Run:
         restore(run, checkpoint, path)
     if t.compile:
         model.compile()  # in place: the checkpoint's keys stay those of the model
+{% if sharding %}
+    run.net = model if t.strategy == "fsdp" else wrap(model, world_size, device)
+{% else %}
     run.net = wrap(model, world_size, device)
+{% endif %}
     return run
 
 
 def restore(run: Run, checkpoint: dict[str, Any], path: str | Path | None = None) -> None:
     """Continue from a checkpoint: weights, optimizer, schedule, place, random state."""
+{% if sharding %}
+    if run.cfg.train.strategy == "fsdp":  # its weights went in before sharding
+        load_optimizer_state(run.model, run.optimizer, checkpoint["optimizer"])
+    else:
+        load_weights(run.model, checkpoint["model"], path)
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+{% else %}
     load_weights(run.model, checkpoint["model"], path)
     run.optimizer.load_state_dict(checkpoint["optimizer"])
+{% endif %}
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     run.scaler.load_state_dict(checkpoint["scaler"])
     progress = checkpoint["progress"]
@@ -300,7 +324,11 @@ def train_step(run: Run, micro_batches: list[Any]) -> torch.Tensor:
         # DDP all-reduces the gradients on the last micro-batch of the step only.
         last = i == len(micro_batches) - 1
         syncing = run.world_size == 1 or last
+{% if sharding %}
+        with contextlib.nullcontext() if syncing else no_sync(run.net):
+{% else %}
         with contextlib.nullcontext() if syncing else run.net.no_sync():
+{% endif %}
             with run.autocast:
                 loss, _, _ = step(run.net, to_device(batch, run.device))
             (diverged,) = any_rank(
@@ -339,10 +367,18 @@ def evaluate(run: Run, trial: Any = None) -> str | None:
     row = {"step": state.step, "epoch": state.epoch + 1, "lr": run.lr}
     row |= {"train/loss": train_loss.item(), **scores}
     stop = state.add(row, run.cfg, run.perfect)
+{% if sharding %}
+    if run.log is not None:
+        # The row first: a row later than the checkpoint is dropped on resume.
+        run.log.write(row, best=state.improved)
+    # Every process, since FSDP gathers the checkpoint's weights from all; rank 0 writes.
+    save(run, "last.ckpt", "best.ckpt" if state.improved else None)
+{% else %}
     if run.log is not None:
         # The row first: a row later than the checkpoint is dropped on resume.
         run.log.write(row, best=state.improved)
         save(run, "last.ckpt", "best.ckpt" if state.improved else None)
+{% endif %}
     if trial is not None:
         trial.report(row[MONITOR], state.step)  # an Optuna sweep may prune this trial
         if trial.should_prune():
@@ -354,14 +390,22 @@ def evaluate(run: Run, trial: Any = None) -> str | None:
 
 def save(run: Run, *names: str | None) -> None:
     """Rank 0 writes the checkpoint to each of these names in checkpoints/."""
+{% if sharding %}
+    weights, optimizer = whole_state(run.model, run.optimizer)  # every process takes part
+{% endif %}
     if run.rank != 0:
         return
     checkpoint = {
         "task": TASK,
         "engine": ENGINE,
         "hyper_parameters": {"cfg": run.cfg.to_dict(), "meta": run.meta},
+{% if sharding %}
+        "model": weights,
+        "optimizer": optimizer,
+{% else %}
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
+{% endif %}
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
         "progress": asdict(run.state) | {"epoch": run.train_loader.state_dict()["epoch"]},

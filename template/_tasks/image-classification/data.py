@@ -1,3 +1,4 @@
+{% block docstring %}
 """Data for image classification: built-in shapes, or your folder of images per class.
 
 Your data: a folder with one sub-folder of images per class (ImageFolder's convention),
@@ -9,6 +10,7 @@ and my-images/val/ (each with the class sub-folders). Pillow reads the images as
 resized to data.image_size: by default the images' median shorter side, at most 64 pixels.
 The model changes the training images at random (model.py's Augment, data.augment).
 """
+{% endblock %}
 
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+{% block imports %}
 from .config import Config
 from .plumbing import ConfigError, UserError
+{% endblock %}
 from .plumbing.hardware import global_rank
 from .plumbing.splits import split_indices
 
@@ -69,20 +73,24 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
             folders = [ImageFolder(root, classes)]
             train, val = split(folders[0], cfg)
         size = (meta or {}).get("image_size") or cfg.data.image_size
+{% block chosen_size %}
         if size is None:
             size = chosen_size([s for folder in folders for s in folder.sizes])
+{% endblock %}
         for folder in folders:
             folder.resize_to(size)
         if meta is None and global_rank() == 0:
             describe(folders, size, cfg.data.image_size is None)
     if meta is None:
         counts = torch.bincount(torch.tensor(labels_of(train)), minlength=len(classes))
+{% block meta %}
         meta = {
             "classes": classes,
             "image_size": size,
             **pixel_stats(train),
             "class_counts": counts.tolist(),  # in the training split
         }
+{% endblock %}
     elif meta["classes"] != classes:
         raise DataError(
             f"the data has classes {classes}, the checkpoint {meta['classes']}; "
@@ -102,7 +110,9 @@ def describe(folders: list[ImageFolder], size: int, chosen: bool) -> None:
     """One line on the images found and the size they are resized to."""
     sizes = sorted((s for folder in folders for s in folder.sizes), key=lambda s: s[0] * s[1])
     (small_w, small_h), (large_w, large_h) = sizes[0], sizes[-1]
+{% block how %}
     how = "chosen from their sizes; data.image_size sets it" if chosen else "data.image_size"
+{% endblock %}
     print(
         f"{len(sizes):,} images, from {small_w}x{small_h} to {large_w}x{large_h} pixels: "
         f"resized to {size}x{size} ({how})",

@@ -1,11 +1,14 @@
+{% block docstring %}
 """The model for image classification: a small CNN, plain PyTorch.
 
 Besides the network, a task defines its loss, its validation metrics and the metric that
 decides the best checkpoint; both training engines use these.
 """
+{% endblock %}
 
 from __future__ import annotations
 
+{% block imports %}
 import math
 
 import torch
@@ -16,11 +19,13 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from .config import Config
+{% endblock %}
 
 MONITOR, MONITOR_MODE = "val/acc", "max"  # the best checkpoint has the highest accuracy
 BASELINE = "majority class"  # what a model that learned nothing scores; see build_baseline
 
 
+{% block network %}
 class SmallCNN(nn.Module):
     """A strided stem, three conv blocks, global average pooling and a linear classifier.
 
@@ -103,6 +108,7 @@ def conv_block(
     return nn.Sequential(*layers, nn.MaxPool2d(2)) if pool else nn.Sequential(*layers)
 
 
+{% endblock %}
 class Augment(nn.Module):
     """Random changes to a batch of training images, in training mode only: a crop of 60%
     to 100% of the image's area (aspect 3:4 to 4:3) stretched back to full size, a rotation
@@ -158,6 +164,7 @@ def grey(images: torch.Tensor) -> torch.Tensor:
     return (images * weights).sum(dim=1, keepdim=True)
 
 
+{% block build_model %}
 def build_model(cfg: Config, meta: dict) -> SmallCNN:
     # Your images are augmented; the built-in shapes, generated afresh, need not be.
     augment = cfg.data.augment and cfg.data.path is not None
@@ -172,6 +179,7 @@ def build_model(cfg: Config, meta: dict) -> SmallCNN:
     )
 
 
+{% endblock %}
 def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch through the model: the loss to minimise, and the (outputs, targets) that
     the metrics of build_metrics are updated with. Training, evaluation and the baseline

@@ -1,3 +1,4 @@
+{% block docstring %}
 """Data for language modelling: the built-in text, or your UTF-8 text file of any size.
 
 Your data: one UTF-8 text file. Its tokens are encoded once: a text of more than
@@ -13,6 +14,7 @@ validation; no training window overlaps it. The tokenizer (data.tokenizer) is `c
 every distinct character a token, or `bpe`, a byte-level BPE of data.vocab_size tokens that
 Hugging Face `tokenizers` learns from the training text. Either is saved with the checkpoint.
 """
+{% endblock %}
 
 from __future__ import annotations
 
@@ -33,8 +35,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+{% block imports %}
 from .config import Config
 from .plumbing import ConfigError, UserError
+{% endblock %}
 from .plumbing.hardware import global_rank
 
 SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "a small bird", "the teacher"]
@@ -114,10 +118,12 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
 
     A checkpoint's `meta` is reused, so a resumed run keeps its tokenizer.
     """
+{% block checks %}
     if cfg.data.tokenizer not in TOKENIZERS:
         raise ConfigError(f"data.tokenizer must be one of {TOKENIZERS}")
     if not 256 < cfg.data.vocab_size <= 2**16:
         raise ConfigError("data.vocab_size must be more than 256 (the bytes) and at most 65536")
+{% endblock %}
     text = Text(None, make_text(cfg.train.seed)) if cfg.data.path is None else Text(cfg.data.path)
     block = meta["block_size"] if meta else cfg.data.block_size
     # The validation text is one stretch: the end, or the fold's block of the text. Training
@@ -147,7 +153,9 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
         if text.path is not None and global_rank() == 0:
             seconds = time.perf_counter() - started
             print(
+{% block described %}
                 f"{text.path}: {len(tokens):,} tokens ({cfg.data.tokenizer}, "
+{% endblock %}
                 f"{tokenizer.vocab_size:,} in the vocabulary), {held:,} held out for "
                 f"validation; ready in {seconds:.1f} s",
                 flush=True,
@@ -380,6 +388,7 @@ def load_tokenizer(meta: dict) -> CharTokenizer | BPETokenizer:
     return CharTokenizer(meta["chars"])
 
 
+{% block new_tokenizer %}
 def new_tokenizer(text: Text, cuts: list[int], cfg: Config) -> CharTokenizer | BPETokenizer:
     """A char tokenizer that grows as the text is encoded, or a BPE learned from (up to
     BPE_SAMPLE_BYTES of) the training text: the parts before and after the held-out one."""
@@ -399,6 +408,7 @@ def new_tokenizer(text: Text, cuts: list[int], cfg: Config) -> CharTokenizer | B
     return BPETokenizer.learn(training_text(), cfg.data.vocab_size)
 
 
+{% endblock %}
 # --- encoding, once -------------------------------------------------------------------------
 
 
@@ -419,7 +429,9 @@ def encode(text: Text, cuts: list[int], meta: dict | None, cfg: Config):
     folder = Path(cfg.train.output_dir) / ".token-cache"
     signature = [CACHE_FORMAT, text.size, text.modified, cuts]
     # The tokens a new run makes, and those of a checkpoint's tokenizer when it differs.
+{% block made %}
     made = [*signature, cfg.data.tokenizer, cfg.data.vocab_size]
+{% endblock %}
     keys = [made] if meta is None else [made, [*signature, fingerprint(meta)]]
     for key in keys:
         name = cache_name(text.path, key)

@@ -1,11 +1,14 @@
+{% block docstring %}
 """The model for language modelling: a small causal transformer (GPT), plain PyTorch.
 
 Besides the network, a task defines its loss, its validation metrics and the metric that
 decides the best checkpoint; both training engines use these.
 """
+{% endblock %}
 
 from __future__ import annotations
 
+{% block imports %}
 import math
 
 import torch
@@ -16,11 +19,13 @@ from torchmetrics.text import Perplexity
 
 from .config import Config
 from .plumbing import ConfigError
+{% endblock %}
 
 MONITOR, MONITOR_MODE = "val/loss", "min"  # the best checkpoint has the lowest loss
 BASELINE = "unigram"  # what a model that learned nothing scores; see build_baseline
 
 
+{% block model %}
 class Block(nn.Module):
     """Pre-norm transformer block: causal self-attention, then an MLP."""
 
@@ -110,6 +115,7 @@ def build_model(cfg: Config, meta: dict) -> GPT:
     )
 
 
+{% endblock %}
 def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch through the model: the loss to minimise, and the (outputs, targets) that
     the metrics of build_metrics are updated with. Training, evaluation and the baseline

@@ -1,12 +1,15 @@
+{% block docstring %}
 """Data for text classification: built-in sentences, or your CSV file with columns text,label.
 
 Your data: a CSV file with a header and (at least) the columns `text` and `label`; labels
 may be any strings. Texts are lower-cased and split into words; the vocabulary is the most
 frequent words of the training split, saved with the checkpoint.
 """
+{% endblock %}
 
 from __future__ import annotations
 
+{% block imports %}
 import csv
 import math
 import re
@@ -21,6 +24,7 @@ from .plumbing import UserError
 from .plumbing.splits import split_indices
 
 PAD, UNK = "<pad>", "<unk>"
+{% endblock %}
 TOPICS = {
     "sports": "match team goal coach player season league score win stadium",
     "food": "recipe dinner bread cheese soup spicy bake lunch kitchen sauce",
@@ -35,10 +39,12 @@ class DataError(UserError):
 
 
 def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Dataset, dict]:
+{% block build_datasets_docstring %}
     """Training and validation sets, and the metadata the model needs (vocabulary, labels).
 
     The vocabulary comes from the training split alone; a checkpoint's `meta` is reused.
     """
+{% endblock %}
     if cfg.data.path is None:
         texts, labels = make_sentences(2000, cfg.train.seed)
     else:
@@ -52,6 +58,7 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
                 "at least two labels to tell apart"
             )
         counts = Counter(labels[i] for i in train_rows)
+{% block meta %}
         vocab, idf = build_vocab([texts[i] for i in train_rows], cfg.data.max_vocab)
         meta = {
             "vocab": vocab,
@@ -60,6 +67,7 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
             "max_length": cfg.data.max_length,
             "class_counts": [counts[name] for name in names],  # in the training split
         }
+{% endblock %}
     train = encode_rows([texts[i] for i in train_rows], [labels[i] for i in train_rows], meta)
     val = encode_rows([texts[i] for i in val_rows], [labels[i] for i in val_rows], meta)
     return train, val, meta
@@ -116,6 +124,7 @@ def read_csv(path: Path) -> tuple[list[str], list[str]]:
     return [text for text, _ in rows], [label for _, label in rows]
 
 
+{% block encoding %}
 def tokenize(text: str) -> list[str]:
     return re.findall(r"[\w']+", text.lower())
 
@@ -140,6 +149,7 @@ def encode(texts: list[str], meta: dict) -> torch.Tensor:
         tokens = [index.get(word, 1) for word in tokenize(text)[:length]]
         ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
     return ids
+{% endblock %}
 
 
 def encode_rows(texts: list[str], labels: list[str], meta: dict) -> TensorDataset:
@@ -212,8 +222,10 @@ def texts_of(given: str) -> list[dict[str, str]]:
         raise DataError(f"{path} is not a readable UTF-8 text or CSV file ({error})") from None
 
 
+{% block example_inputs %}
 def example_inputs(meta: dict) -> tuple[tuple[torch.Tensor, ...], dict]:
     """An input to trace for torch.export, and which of its dimensions may vary."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     tokens = torch.randint(len(meta["vocab"]), (2, meta["max_length"]))
     return (tokens,), {"tokens": {0: batch}}
+{% endblock %}

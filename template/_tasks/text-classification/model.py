@@ -1,11 +1,14 @@
+{% block docstring %}
 """The model for text classification: a TF-IDF-weighted bag of word embeddings, plain PyTorch.
 
 Besides the network, a task defines its loss, its validation metrics and the metric that
 decides the best checkpoint; both training engines use these.
 """
+{% endblock %}
 
 from __future__ import annotations
 
+{% block imports %}
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,11 +16,13 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from .config import Config
+{% endblock %}
 
 MONITOR, MONITOR_MODE = "val/acc", "max"  # the best checkpoint has the highest accuracy
 BASELINE = "majority class"  # what a model that learned nothing scores; see build_baseline
 
 
+{% block model %}
 class BagOfEmbeddings(nn.Module):
     """A text as the TF-IDF-weighted sum of its word embeddings, then a linear classifier.
 
@@ -63,6 +68,7 @@ def build_model(cfg: Config, meta: dict) -> BagOfEmbeddings:
         hidden=cfg.model.hidden,
         dropout=cfg.model.dropout,
     )
+{% endblock %}
 
 
 def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from {{ package_name }} import data
-from {{ package_name }}.data import DataError, build_datasets, load_dataset, predict
+from {{ package_name }}.data import (  # one name a line: the package name may be long
+    DataError,
+    build_datasets,
+    load_dataset,
+    predict,
+)
 from {{ package_name }}.model import build_model
 from {{ package_name }}.plumbing import UserError
 from {{ package_name }}.plumbing.settings import load_config

@@ -99,10 +99,10 @@ def reference_loop(package: str):
         interval = max(1, min(t.eval_every, len(loader)))
         step = 0
         while step < t.max_steps:
-            for inputs, targets in loader:
-                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device)
+            for batch in loader:
+                batch = to_device(batch, device)
                 with autocast:
-                    loss, _, _ = model_code.step(model, (inputs, targets))
+                    loss, _, _ = model_code.step(model, batch)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
                 optimizer.step()
@@ -138,15 +138,21 @@ def reference_loop(package: str):
     def validate(model, loader, metrics, device, autocast) -> None:
         model.eval()
         metrics.reset()
-        for inputs, targets in loader:
-            inputs, targets = inputs.to(device), targets.to(device)
+        for batch in loader:
             with autocast:
-                _, outputs, _ = model_code.step(model, (inputs, targets))
+                _, outputs, targets = model_code.step(model, to_device(batch, device))
             metrics.update(outputs.float(), targets)
         metrics.compute()
         model.train()
 
     return train
+
+
+def to_device(batch, device):
+    """A batch of tensors, nested in lists or tuples (a table's numbers and categories)."""
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(part, device) for part in batch)
+    return batch.to(device, non_blocking=True)
 
 
 if __name__ == "__main__":

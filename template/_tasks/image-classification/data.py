@@ -14,6 +14,7 @@ The model changes the training images at random (model.py's Augment, data.augmen
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -74,11 +75,12 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
             train, val = split(folders[0], cfg)
         size = (meta or {}).get("image_size") or cfg.data.image_size
 {% block chosen_size %}
+        crop = None  # each image squeezed whole into the square
         if size is None:
             size = chosen_size([s for folder in folders for s in folder.sizes])
 {% endblock %}
         for folder in folders:
-            folder.resize_to(size)
+            folder.resize_to(size, crop)
         if meta is None and global_rank() == 0:
             describe(folders, size, cfg.data.image_size is None)
     if meta is None:
@@ -128,7 +130,7 @@ def load_dataset(path: str | Path, cfg: Config, meta: dict) -> Dataset:
     if unknown:
         raise DataError(f"{root} has classes the model was not trained on: {unknown}")
     folder = ImageFolder(root, meta["classes"], missing_ok=True)
-    folder.resize_to(meta["image_size"])
+    folder.resize_to(meta["image_size"], crop_of(meta))
     return folder
 
 
@@ -150,8 +152,8 @@ class ImageFolder(Dataset):
         self.sizes = [check_image(path) for path, _ in self.samples]  # (width, height)
         self.resize_to(BUILT_IN_SIZE)
 
-    def resize_to(self, size: int) -> None:
-        self.size = size
+    def resize_to(self, size: int, crop: float | None = None) -> None:
+        self.size, self.crop = size, crop
         fits = len(self.samples) * 3 * size * size <= CACHE_BYTES
         self.cache: dict[int, torch.Tensor] | None = {} if fits else None
 
@@ -161,9 +163,9 @@ class ImageFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         if self.cache is None:
-            return load_image(path, self.size), label
+            return load_image(path, self.size, self.crop), label
         if index not in self.cache:
-            self.cache[index] = load_pixels(path, self.size)
+            self.cache[index] = load_pixels(path, self.size, self.crop)
         return self.cache[index].float() / 255, label
 
 
@@ -222,19 +224,29 @@ def check_image(path: Path) -> tuple[int, int]:
     return size
 
 
-def load_image(path: str | Path, size: int) -> torch.Tensor:
+def load_image(path: str | Path, size: int, crop: float | None = None) -> torch.Tensor:
     """An image file as a float tensor (3, size, size) with values in [0, 1]."""
-    return load_pixels(path, size).float() / 255
+    return load_pixels(path, size, crop).float() / 255
 
 
-def load_pixels(path: str | Path, size: int) -> torch.Tensor:
-    """An image file as RGB bytes, resized: a uint8 tensor (3, size, size)."""
+def load_pixels(path: str | Path, size: int, crop: float | None = None) -> torch.Tensor:
+    """An image file as RGB bytes, resized: a uint8 tensor (3, size, size). The whole image
+    is squeezed into the square; or, given `crop` (as a pretrained model's image processor
+    says), its shorter side is resized to size / crop and the centre square is kept."""
+    side = size if crop is None else math.ceil(size / crop)
     try:
         with Image.open(path) as image:
             # A JPEG decodes at 1/2, 1/4 or 1/8 of its size when that is still at least
-            # `size` a side: several times faster than decoding every pixel.
-            image.draft("RGB", (size, size))
-            image = to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
+            # `side` a side: several times faster than decoding every pixel.
+            image.draft("RGB", (side, side))
+            image = to_rgb(image)
+            box = None  # the whole image
+            if crop is not None:
+                width, height = image.size
+                kept = min(width, height) * crop  # the centre square's side
+                left, top = (width - kept) / 2, (height - kept) / 2
+                box = (left, top, left + kept, top + kept)
+            image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
     except Image.DecompressionBombError as error:
         raise DataError(
             f"image {path} is too large to decode safely ({error}); shrink it"
@@ -243,6 +255,11 @@ def load_pixels(path: str | Path, size: int) -> torch.Tensor:
         raise DataError(f"cannot read image {path} ({error}); remove or replace it") from None
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
     return pixels.view(size, size, 3).permute(2, 0, 1)
+
+
+def crop_of(meta: dict) -> float | None:
+    """The centre crop the model's images take (a pretrained model's), or None."""
+    return meta.get("processor", {}).get("crop")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -302,7 +319,9 @@ def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[dict]
     rows = []
     for start in range(0, len(paths), 256):  # a folder of any size, in batches
         batch = paths[start : start + 256]
-        images = torch.stack([load_image(path, meta["image_size"]) for path in batch])
+        images = torch.stack(
+            [load_image(path, meta["image_size"], crop_of(meta)) for path in batch]
+        )
         with torch.no_grad():
             top = model(images).softmax(dim=-1).max(dim=-1)
         labels = [meta["classes"][i] for i in top.indices.tolist()]

@@ -38,3 +38,20 @@ def test_images_take_the_model_s_size_and_normalisation(tmp_path):
 def test_a_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="not a folder written by save_pretrained"):
         build_datasets(config(**{"model.pretrained": str(tmp_path / "nowhere")}))
+
+
+def test_images_are_cropped_as_the_processor_says(tmp_path):
+    # ResNet's processor (crop_pct 0.875): the shorter side to size / 0.875, the centre kept.
+    # A 64x40 image, red but for a white centre of 38x38 pixels: the model sees the centre
+    # 35x35, every pixel of it white, where resizing the whole image would show red.
+    image = Image.new("RGB", (64, 40), (255, 0, 0))
+    image.paste((255, 255, 255), (13, 1, 51, 39))
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        image.save(tmp_path / name / "0.png")
+    cfg = config(**{"data.path": str(tmp_path), "data.val_split": 0.5})
+    train, _, meta = build_datasets(cfg)
+    assert meta["processor"]["crop"] == 0.875
+    pixels = train[0][0]
+    assert pixels.shape == (3, 32, 32)
+    assert pixels.min() > 0.95  # white, no red border

@@ -167,6 +167,11 @@ def test_combination_installs_trains_and_learns(
         assert value == pytest.approx(best_row[key], rel=1e-3, abs=1e-4), key
     for key, value in parse_metrics(evaluated_last).items():
         assert value == pytest.approx(rows[-1][key], rel=1e-3, abs=1e-4), f"last.ckpt {key}"
+    # An evaluation that is the best is saved once: best.ckpt is a link to last.ckpt's file,
+    # which the next save of last.ckpt leaves as it is.
+    checkpoints = run_dir / "checkpoints"
+    same_file = (checkpoints / "best.ckpt").samefile(checkpoints / "last.ckpt")
+    assert same_file == (best_row["step"] == rows[-1]["step"])
     check_predictions(task, predicted)
     program = run_dir / "checkpoints" / "best.pt2"
     assert exported.startswith("exported ") and program.is_file(), exported

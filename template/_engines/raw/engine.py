@@ -50,6 +50,7 @@ from .plumbing.runs import (
     read_checkpoint,
     rebuilding_from,
     save_atomically,
+    save_copy,
 )
 {% if sharding %}
 from .plumbing.sharding import check_strategy, load_optimizer_state, no_sync, shard, whole_state
@@ -389,7 +390,7 @@ def evaluate(run: Run, trial: Any = None) -> str | None:
 
 
 def save(run: Run, *names: str | None) -> None:
-    """Rank 0 writes the checkpoint to each of these names in checkpoints/."""
+    """Rank 0 writes the checkpoint under each of these names in checkpoints/."""
 {% if sharding %}
     weights, optimizer = whole_state(run.model, run.optimizer)  # every process takes part
 {% endif %}
@@ -415,8 +416,10 @@ def save(run: Run, *names: str | None) -> None:
         "tracker_run_id": run.log.tracker.run_id if run.log else None,
         "record": run.record,
     }
-    for name in filter(None, names):
-        save_atomically(checkpoint, run.run_dir / "checkpoints" / name)
+    first, *others = [run.run_dir / "checkpoints" / name for name in names if name]
+    save_atomically(checkpoint, first)
+    for path in others:  # the same checkpoint: a link to the first, no second write
+        save_copy(first, path)
 
 
 def leave(run: Run) -> None:

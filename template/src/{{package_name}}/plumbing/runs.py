@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import secrets
+import shutil
 import socket
 import sys
 import time
@@ -456,6 +457,17 @@ def save_atomically(obj: Any, path: Path) -> None:
             if writer.error is None:
                 raise
             raise writer.error from None
+
+
+def save_copy(source: Path, path: Path) -> None:
+    """`path` the same checkpoint as `source` (best.ckpt as last.ckpt), atomically: a hard
+    link, with no byte written, or a copy where the filesystem has no links. The link stays
+    as it is when `source` is saved again, since a save renames a new file over its name."""
+    with temporary_beside(path) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 class RecordingWriter(io.RawIOBase):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
+import functools
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
+import tomllib
 import venv
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,8 +177,15 @@ class Installed:
         ]
 
 
-def make_venv(path: Path) -> Path:
-    """A venv without pip that sees this environment's packages (torch, lightning...).
+# What only the pretrained projects depend on. A scratch project's venv does not see it, as
+# its own install would not hold it; that proves no scratch code needs it, and spares each
+# of its processes the import of transformers that torchmetrics makes when it can (0.8 s).
+PRETRAINED_ONLY = ("transformers", "peft")
+
+
+def make_venv(path: Path, hidden: tuple[str, ...] = ()) -> Path:
+    """A venv without pip that sees this environment's packages (torch, lightning...), but
+    for the distributions `hidden`.
 
     --system-site-packages alone would reach only the base interpreter's packages when the
     tests themselves run in a venv, so a .pth file adds this environment's site-packages.
@@ -184,16 +196,38 @@ def make_venv(path: Path) -> Path:
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         text=True,
     ).strip()
-    Path(site, "_outer_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    Path(site, "_outer_env.pth").write_text(f"{site_packages_without(hidden)}\n")
     return python
 
 
+@functools.cache
+def site_packages_without(hidden: tuple[str, ...]) -> Path:
+    """This environment's site-packages, or, to hide distributions, a folder of links to
+    everything in it but their packages and metadata (made once per test process)."""
+    outer = Path(sysconfig.get_paths()["purelib"])
+    if not hidden:
+        return outer
+    view = Path(tempfile.mkdtemp(prefix="site-packages-"))
+    atexit.register(shutil.rmtree, view, ignore_errors=True)
+    for entry in outer.iterdir():
+        if entry.name.split("-")[0].lower() not in hidden:
+            (view / entry.name).symlink_to(entry)
+    return view
+
+
 def install(project: Path, venv_dir: Path) -> Installed:
-    """`pip install -e project` into a fresh venv: a real install, without downloads."""
-    python = make_venv(venv_dir)
+    """`pip install -e project` into a fresh venv: a real install, without downloads. The
+    dependencies are this environment's: test_render checks that they satisfy the
+    project's, which pip's resolver would otherwise check again at each install; what
+    only pretrained projects depend on stays out of the others' venvs."""
+    dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    needed = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower() for d in dependencies}
+    python = make_venv(venv_dir, tuple(n for n in PRETRAINED_ONLY if n not in needed))
     run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet"]
-        + ["--no-build-isolation", "--no-index", "-e", str(project)],
+        + ["--no-deps", "--no-build-isolation", "--no-index", "-e", str(project)],
         timeout=300,
     )
     slug = project_slug(project)
@@ -201,8 +235,6 @@ def install(project: Path, venv_dir: Path) -> Installed:
 
 
 def project_slug(project: Path) -> str:
-    import tomllib
-
     return tomllib.loads((project / "pyproject.toml").read_text())["project"]["name"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 import re
 import subprocess
@@ -20,6 +21,7 @@ from conftest import (
     render_combination,
     run,
 )
+from packaging.requirements import Requirement
 
 from generator.questions import template_root
 
@@ -116,6 +118,15 @@ def test_renders_exactly_its_own_files(combination, projects):
     )
     # transformers for a pretrained backbone only: scratch projects have no new dependency.
     assert any(d.startswith("transformers") for d in dependencies) == pretrained
+    # What `pip install -e .` resolves, and the tests' installs skip (--no-deps, seconds
+    # faster): this environment holds a version of each dependency that satisfies it.
+    for dependency in map(Requirement, dependencies):
+        if dependency.marker is None or dependency.marker.evaluate():
+            installed = importlib.metadata.version(dependency.name)
+            assert dependency.specifier.contains(installed, prereleases=True), (
+                dependency,
+                installed,
+            )
 
 
 def rendered(text: str, answers: dict[str, str]) -> str:

@@ -307,10 +307,10 @@ import importlib, torch
 data = importlib.import_module(package + ".data")
 load_pixels = data.load_pixels  # what decodes every image, cached in memory or not
 
-def failing(path, size):
+def failing(path, *args):
     if torch.utils.data.get_worker_info() is not None:
         raise data.DataError("cannot read image (in a worker)")
-    return load_pixels(path, size)
+    return load_pixels(path, *args)
 
 data.load_pixels = failing
 """

@@ -464,6 +464,7 @@ def save_copy(source: Path, path: Path) -> None:
     link, with no byte written, or a copy where the filesystem has no links. The link stays
     as it is when `source` is saved again, since a save renames a new file over its name."""
     with temporary_beside(path) as tmp:
+        tmp.unlink()  # made to hold the name: the link or the copy takes it
         try:
             os.link(source, tmp)
         except OSError:

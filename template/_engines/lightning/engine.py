@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
 
 from .config import TASK, Config
 from .data import build_datasets
@@ -47,7 +48,8 @@ class TaskModule(L.LightningModule):
         self.cfg = load_config(base=cfg)
         self.model = build_model(self.cfg, meta)
         self.val_metrics = build_metrics(meta).clone(prefix="val/")
-        self.val_loss = training.val_loss_metric()
+        # A nan stays (torchmetrics drops it by default): a diverged model is seen as one.
+        self.val_loss = MeanMetric(nan_strategy=math.nan)
         # The training loss since the last evaluation, summed on each process (as a buffer,
         # DDP would copy rank 0's to the others), and saved in checkpoints.
         self.loss_sum, self.loss_count = torch.zeros(()), torch.zeros(())

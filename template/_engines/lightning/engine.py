@@ -48,8 +48,7 @@ class TaskModule(L.LightningModule):
         self.cfg = load_config(base=cfg)
         self.model = build_model(self.cfg, meta)
         self.val_metrics = build_metrics(meta).clone(prefix="val/")
-        # A nan stays (torchmetrics drops it by default): a diverged model is seen as one.
-        self.val_loss = MeanMetric(nan_strategy=math.nan)
+        self.val_loss = MeanMetric(nan_strategy=math.nan)  # a nan stays: a diverged model shows
         # The training loss since the last evaluation, summed on each process (as a buffer,
         # DDP would copy rank 0's to the others), and saved in checkpoints.
         self.loss_sum, self.loss_count = torch.zeros(()), torch.zeros(())

@@ -1,17 +1,23 @@
-"""One timed training run in a fresh process, for train_overhead.py and gpu_check.sh.
+"""Two timed training runs in a fresh process, for train_overhead.py and gpu_check.sh.
 
     python benchmarks/overhead_worker.py KIND PROJECT STEPS [--accelerator cpu] [--set K=V ...]
 
 KIND is `reference` (the leanest honest loop, written here), `raw` or `lightning` (the
-generated project's engine). Imports are done, then one short warm-up run in this process,
-then the timed run of STEPS optimizer steps. Prints one JSON line: seconds, steps, and the
-process's peak resident memory.
+generated project's engine), or `floor` (the reference's work as the shortest Lightning
+module, written here: what any Lightning engine costs at least). Imports are done, then one
+short warm-up run in this process, then a timed run of STEPS optimizer steps and one of
+2 x STEPS. Prints one JSON line: the seconds of each, the steps, and the process's peak
+resident memory. The difference of the two runs is the cost of STEPS steps with their
+evaluations, without what a run costs once (its set-up, curves.png, the summary).
 
 The reference does what the engines do by default, no more: the same data, model, batch
 size, AdamW with the same weight-decay groups, gradient clipping, warm-up + cosine learning
 rate, and every `eval_every` steps (at least once an epoch) a no-grad validation pass with
 the task's metrics and a torch.save of the model and optimizer. What the engines add beyond
-it is their own overhead: bookkeeping, logging, checkpoint files, hooks.
+it is their own overhead: bookkeeping, logging, checkpoint files, hooks. The floor is a
+LightningModule with a training_step, a validation_step and configure_optimizers (the
+engines' AdamW and schedule), a Trainer with its logger, progress bar and model summary
+off, and trainer.save_checkpoint after each evaluation.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["reference", "raw", "lightning"])
+    parser.add_argument("kind", choices=["reference", "raw", "lightning", "floor"])
     parser.add_argument("project", type=Path)
     parser.add_argument("steps", type=int)
     parser.add_argument("--accelerator", default="cpu")
@@ -43,6 +49,8 @@ def main() -> None:
     overrides.update(config.parse_assignment(item) for item in args.settings)
     if args.kind == "reference":
         run = reference_loop(package)
+    elif args.kind == "floor":
+        run = lightning_floor(package)
     else:
         run = importlib.import_module(f"{package}.engine").train
 
@@ -54,17 +62,19 @@ def main() -> None:
 
         with contextlib.redirect_stdout(sys.stderr):  # the engines print their progress
             run(settings("warm-up", 10))
-            start = time.perf_counter()
-            run(settings("timed", args.steps))
-            seconds = time.perf_counter() - start
+            seconds = []
+            for steps in (args.steps, 2 * args.steps):
+                start = time.perf_counter()
+                run(settings(f"timed-{steps}", steps))
+                seconds.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"seconds": seconds, "steps": args.steps, "rss_mb": peak}))
+    result = {"seconds": seconds[0], "seconds_double": seconds[1], "steps": args.steps}
+    print(json.dumps(result | {"rss_mb": peak}))
 
 
 def reference_loop(package: str):
     """A training function over the project's data and model, with nothing but the loop."""
     import torch
-    from torch.utils.data import DataLoader
 
     data = importlib.import_module(f"{package}.data")
     model_code = importlib.import_module(f"{package}.model")
@@ -73,13 +83,7 @@ def reference_loop(package: str):
         t = cfg.train
         torch.manual_seed(t.seed)
         device = torch.device("cuda" if t.accelerator == "gpu" else "cpu")
-        train_set, val_set, meta = data.build_datasets(cfg)
-        generator = torch.Generator().manual_seed(t.seed)
-        drop_last = len(train_set) >= t.batch_size
-        loader = DataLoader(
-            train_set, t.batch_size, shuffle=True, drop_last=drop_last, generator=generator
-        )
-        val_loader = DataLoader(val_set, t.batch_size)
+        loader, val_loader, meta = plain_loaders(data, cfg)
         model = model_code.build_model(cfg, meta).to(device)
         metrics = model_code.build_metrics(meta).to(device)
         optimizer = torch.optim.AdamW(groups_of(model, cfg), lr=t.lr, fused=device.type == "cuda")
@@ -146,6 +150,92 @@ def reference_loop(package: str):
         model.train()
 
     return train
+
+
+def lightning_floor(package: str):
+    """The reference loop's work in the shortest Lightning: what Lightning's own loop costs."""
+    import lightning as L
+    import torch
+
+    data = importlib.import_module(f"{package}.data")
+    model_code = importlib.import_module(f"{package}.model")
+    training = importlib.import_module(f"{package}.plumbing.training")
+    hardware = importlib.import_module(f"{package}.plumbing.hardware")
+
+    class Module(L.LightningModule):
+        def __init__(self, cfg, meta):
+            super().__init__()
+            self.cfg = cfg
+            self.model = model_code.build_model(cfg, meta)
+            self.metrics = model_code.build_metrics(meta)
+
+        def training_step(self, batch, batch_idx):
+            loss, _, _ = model_code.step(self.model, batch)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            _, outputs, targets = model_code.step(self.model, batch)
+            self.metrics.update(outputs.float(), targets)
+
+        def on_validation_epoch_end(self):
+            self.metrics.compute()
+            self.metrics.reset()
+
+        def configure_optimizers(self):
+            optimizer, scheduler = training.build_optimizer(self.model, self.cfg, self.device)
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            }
+
+    class SaveAfterEvaluation(L.Callback):
+        def __init__(self, path: Path):
+            self.path = path
+
+        def on_validation_end(self, trainer, module):
+            trainer.save_checkpoint(self.path)
+
+    def train(cfg) -> None:
+        t = cfg.train
+        L.seed_everything(t.seed, verbose=False)
+        device = torch.device("cuda" if t.accelerator == "gpu" else "cpu")
+        loader, val_loader, meta = plain_loaders(data, cfg)
+        module = Module(cfg, meta)
+        if t.compile:
+            module.model.compile()
+        trainer = L.Trainer(
+            accelerator=t.accelerator,
+            devices=1,
+            precision=hardware.resolve_precision(t.precision, device),
+            max_steps=t.max_steps,
+            val_check_interval=max(1, min(t.eval_every, len(loader))),
+            check_val_every_n_epoch=None,
+            num_sanity_val_steps=0,
+            gradient_clip_val=t.grad_clip,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[SaveAfterEvaluation(Path(t.output_dir) / f"{t.name}.ckpt")],
+        )
+        trainer.fit(module, loader, val_loader)
+
+    return train
+
+
+def plain_loaders(data, cfg):
+    """The project's training and validation sets in plain DataLoaders, and their metadata."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    t = cfg.train
+    train_set, val_set, meta = data.build_datasets(cfg)
+    generator = torch.Generator().manual_seed(t.seed)
+    drop_last = len(train_set) >= t.batch_size
+    loader = DataLoader(
+        train_set, t.batch_size, shuffle=True, drop_last=drop_last, generator=generator
+    )
+    return loader, DataLoader(val_set, t.batch_size), meta
 
 
 def to_device(batch, device):

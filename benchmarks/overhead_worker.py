@@ -208,7 +208,7 @@ def lightning_floor(package: str):
             devices=1,
             precision=hardware.resolve_precision(t.precision, device),
             max_steps=t.max_steps,
-            val_check_interval=max(1, min(t.eval_every, len(loader))),
+            val_check_interval=training.eval_interval(cfg, len(loader)),
             check_val_every_n_epoch=None,
             num_sanity_val_steps=0,
             gradient_clip_val=t.grad_clip,

@@ -6,6 +6,7 @@ Copier is imported only by `new` and `update`, and torch and lightning never, so
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import os
@@ -21,7 +22,8 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from generator import __version__
-from generator.questions import MATRIX_AXES, load_questions, matrix
+from generator.questions import EXTRAS, MATRIX_AXES, default_extras, load_questions, matrix
+from generator.questions import question as question_named
 
 app = typer.Typer(
     help="Generate a deep-learning project (plain PyTorch or Lightning) that trains on day one.",
@@ -91,19 +93,23 @@ def _copier_warnings_silenced():
 # --- scaffold new ------------------------------------------------------------------------
 
 
-def new(dest: Path, defaults: bool, force: bool, git: bool, **answers: str | None) -> None:
+def new(dest: Path, defaults: bool, force: bool, git: bool, **answers) -> None:
     """Generate a project in DEST, named after DEST unless --name is given.
 
-    Every question of the template has a flag. Missing answers are asked for in a terminal;
-    with --defaults, or when no terminal is attached, they take their default values.
-    The project becomes a git repository with a first commit (unless --no-git, or DEST is
-    inside another git work tree), so that `scaffold update` works from day one.
+    Every question of the template has a flag; the extras are `--with X`, once per extra.
+    Missing answers are asked for in a terminal; with --defaults, or when no terminal is
+    attached, they take their default values. The project becomes a git repository with a
+    first commit (unless --no-git, or DEST is inside another git work tree), so that
+    `scaffold update` works from day one.
     """
     from generator import project
 
     created = _check_destination(dest, force)
     had_files = dest.is_dir() and any(dest.iterdir())
+    extras = answers.pop(EXTRAS, None)  # [] when no --with: asked, or the default
     data = {name: value for name, value in answers.items() if value is not None}
+    if extras:
+        data[EXTRAS] = extras
     source = project.template_source()
     _warn_about_an_outer_work_tree(dest, source, git)
     try:
@@ -142,9 +148,10 @@ def new(dest: Path, defaults: bool, force: bool, git: bool, **answers: str | Non
         repository = "no git repository (DEST had files already: commit what you want yourself)"
     else:
         repository = _make_repository(dest, given)
+    extras = f", with {_listed(given[EXTRAS])}" if given.get(EXTRAS) else ""
     typer.echo(
         f"Generated {dest}: command `{given['project_slug']}`, package "
-        f"`{given['package_name']}`, {repository}.\n"
+        f"`{given['package_name']}`{extras}, {repository}.\n"
         f"Next: cd {shlex.quote(str(dest))} && pip install -e '.[dev]' && "
         f"{given['project_slug']} train"
     )
@@ -280,15 +287,28 @@ def _refusal(message: str) -> tuple[str, str] | None:
 # --- scaffold update ---------------------------------------------------------------------
 
 
-def update(project_dir: Path, vcs_ref: str | None, defaults: bool, **answers: str | None) -> None:
+def update(
+    project_dir: Path,
+    vcs_ref: str | None,
+    defaults: bool,
+    without: list[str] | None = None,
+    **answers,
+) -> None:
     """Bring template changes into PROJECT (default: here), keeping your edits.
 
     Answer flags switch an existing project: `scaffold update --framework raw` changes the
-    engine and what depends on it, and keeps your model, data and config. The work tree must
-    be committed first; after the update, files with conflict markers are listed (exit code 1).
+    engine and what depends on it, and keeps your model, data and config; `--with sweeps`
+    adds an extra, `--without sweeps` removes one. The work tree must be committed first;
+    after the update, files with conflict markers are listed (exit code 1).
     """
     from generator import project
 
+    added, removed = answers.pop(EXTRAS, None) or [], without or []
+    if both := [extra for extra in added if extra in removed]:
+        raise typer.BadParameter(
+            f"{_listed(both)} given to both --with and --without: keep one of the two",
+            param_hint=["--without"],
+        )
     answers_file = project_dir / project.ANSWERS_FILE
     if not answers_file.is_file():
         raise typer.BadParameter(
@@ -340,6 +360,12 @@ def update(project_dir: Path, vcs_ref: str | None, defaults: bool, **answers: st
     # template and refuses a bad one, where it would drop it silently and take the default.
     names = {question.name for question in load_questions()}
     data = {name: value for name, value in before.items() if name in names} | flags
+    had, note = _extras_of(before, removed, answers_file)
+    if added or removed or EXTRAS not in before:
+        choices = question_named(EXTRAS).choices
+        data[EXTRAS] = [c for c in choices if (c in had or c in added) and c not in removed]
+        if added or removed:
+            flags[EXTRAS] = data[EXTRAS]
     installed = project.requirements(project_dir / "pyproject.toml")
     here = Path.cwd()
     os.chdir(project_dir)  # a relative _src_path is relative to the project
@@ -363,11 +389,24 @@ def update(project_dir: Path, vcs_ref: str | None, defaults: bool, **answers: st
 
     after = project.read_answers(project_dir)
     changed = project.changed_files(project_dir)
+    # Your settings in configs/default.yaml beside lines the template changed: set in its new file.
+    settings = project.resolve_settings_conflict(project_dir)
     switched = [
         f"{name} {before.get(name)} -> {after.get(name)}"
         for name in flags
-        if before.get(name) != after.get(name)
+        if name != EXTRAS and before.get(name) != after.get(name)
     ]
+    now = after.get(EXTRAS) or []
+    extras = [f"+{x}" for x in now if x not in had] + [f"-{x}" for x in had if x not in now]
+    if extras:
+        switched.append("extras " + " ".join(extras))
+    if note:
+        typer.echo(note)
+    if settings:
+        typer.echo(
+            f"{project.SETTINGS_FILE}: the template's new file, with your settings in it "
+            f"({', '.join(settings)})"
+        )
     name = project_dir.resolve().name if str(project_dir) == "." else project_dir
     typer.echo(
         f"Updated {name}: template {before['_commit']} -> {after.get('_commit')}"
@@ -385,6 +424,32 @@ def update(project_dir: Path, vcs_ref: str | None, defaults: bool, **answers: st
             f"{len(conflicts)} file(s) hold conflict markers from the update: resolve them "
             "(keep the lines you want between <<<<<<< and >>>>>>>), then commit"
         )
+
+
+def _extras_of(
+    answers: dict, removed: list[str], answers_file: Path
+) -> tuple[list[str], str | None]:
+    """The extras a project has, and, for a project made before `extras` was a question, the
+    line that says what it keeps: what it had then, less those of --without."""
+    from generator import project
+
+    if EXTRAS in answers:
+        recorded = answers[EXTRAS]
+        return (list(recorded) if isinstance(recorded, list) else []), None
+    had = project.extras_before_the_question(answers)
+    kept = [extra for extra in had if extra not in removed]
+    dropped = [extra for extra in had if extra in removed]
+    note = (
+        f"{answers_file} has no extras answer (the project was made before extras were a "
+        f"question): it keeps the ones it had, {_listed(kept) or 'none'}"
+        + (f" ({_listed(dropped)} dropped by --without)" if dropped else "")
+    )
+    return had, note
+
+
+def _listed(names: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def _refused_in_update(
@@ -451,6 +516,9 @@ def _run_update(data: dict[str, str], ref: str | None, defaults: bool) -> None:
 def _question_parameters(for_update: bool = False) -> list[inspect.Parameter]:
     params = []
     for question in load_questions():
+        if question.multiselect:
+            params += _extras_parameters(question, for_update)
+            continue
         # A Literal of the choices makes typer refuse other values and list the valid ones.
         kind = Literal[question.choices] if question.choices else str
         if for_update:  # no default: a flag left out keeps the project's answer
@@ -470,6 +538,61 @@ def _question_parameters(for_update: bool = False) -> list[inspect.Parameter]:
             )
         )
     return params
+
+
+def _extras_parameters(question, for_update: bool) -> list[inspect.Parameter]:
+    """`--with X`, repeatable: the extras answer of `new`, an extra added by `update`; and
+    `--without X` for `update`, an extra removed."""
+    choices = ", ".join(question.choices)
+    if for_update:
+        helps = {
+            "--with": f"Add an extra ({choices}; repeatable) [changes the project's answer]",
+            "--without": "Remove an extra, its files, code and dependencies (repeatable)",
+        }
+    else:
+        by_hardware = [
+            f"{_listed(extras)} with --hardware {hardware}"
+            for hardware in question_named("hardware").choices or ()
+            if (extras := default_extras(hardware))
+        ]
+        default = "; ".join(by_hardware) + ", else none" if by_hardware else "none"
+        helps = {
+            "--with": f"An extra to include, once per extra: {choices}; each leaves no file, "
+            f"code or dependency when not chosen [default: {default}]"
+        }
+    params = []
+    for flag, help_text in helps.items():
+        params.append(
+            _option(
+                question.name if flag == question.flag else flag.removeprefix("--"),
+                None,
+                Annotated[
+                    Optional[list[str]],  # noqa: UP045 - typer reads this annotation at run time
+                    typer.Option(
+                        flag,
+                        metavar="EXTRA",
+                        help=help_text,
+                        show_default=False,
+                        callback=_check_extras,
+                    ),
+                ],
+            )
+        )
+    return params
+
+
+def _check_extras(values: list[str] | None) -> list[str]:
+    """--with and --without values: extras of copier.yml (a comma also separates them), in
+    copier.yml's order; an unknown one is refused naming the nearest and the valid ones."""
+    choices = question_named(EXTRAS).choices
+    given = [item.strip() for value in values or () for item in value.split(",")]
+    for value in given:
+        if value not in choices:
+            nearest = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+            valid = ", ".join(f"'{choice}'" for choice in choices)
+            guess = f"; did you mean '{nearest[0]}'?" if nearest else ""
+            raise typer.BadParameter(f"'{value}' is not one of {valid}{guess}")
+    return [choice for choice in choices if choice in given]
 
 
 def _option(name: str, default, annotation) -> inspect.Parameter:

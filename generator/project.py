@@ -162,6 +162,12 @@ def read_answers(project: Path) -> dict:
     return answers
 
 
+def extras_before_the_question(answers: dict) -> list[str]:
+    """The extras of a project made before `extras` was a question: every such project had the
+    sweeps and the folds, and a multi-gpu one SLURM scripts."""
+    return ["sweeps", "folds"] + (["slurm"] if answers.get("hardware") == "multi-gpu" else [])
+
+
 def is_local_path(src: str) -> bool:
     """Whether a recorded _src_path is a folder (not a URL like gh:, https://, git@...)."""
     return not (
@@ -309,6 +315,82 @@ def conflict_markers(project: Path, files: list[str]) -> list[tuple[str, int, st
                     found.append((name, number, line.decode(errors="replace").rstrip()))
                     break
     return found
+
+
+# The settings file of a generated project: `section:` lines, and under each a setting a line,
+# commented out with its default (`  # batch_size: 64  # why`) until the user sets it.
+SETTINGS_FILE = "configs/default.yaml"
+_SECTION = re.compile(r"([A-Za-z_]\w*):\s*(#.*)?")
+_SETTING = re.compile(r"  (# ?)?([A-Za-z_]\w*):( .*)?")
+
+
+def _settings_lines(text: str) -> list[tuple[str, tuple[str, str] | None, bool]]:
+    """Each line, with the (section, key) of the setting it holds, if any, and whether it is
+    set (not commented out)."""
+    lines, section = [], ""
+    for line in text.splitlines():
+        if match := _SECTION.fullmatch(line):
+            section = match[1]
+        elif (match := _SETTING.fullmatch(line)) and section:
+            lines.append((line, (section, match[2]), match[1] is None))
+            continue
+        lines.append((line, None, False))
+    return lines
+
+
+def merge_settings(base: str, ours: str, theirs: str) -> tuple[str, list[str]] | None:
+    """The template's new settings file (`theirs`) with the settings the user set in `ours`,
+    the file as the old template made it being `base`; and those settings' names. None when
+    the user changed more than settings (a comment, a removed line) or set one that the new
+    file lacks: a merge for a person to make."""
+    old = {key: line for line, key, _ in _settings_lines(base) if key}
+    mine, undone = {}, []
+    for line, key, is_set in _settings_lines(ours):
+        if key and is_set and old.get(key) != line:
+            mine[key] = line
+            if key not in old:  # a setting the old template did not list
+                continue
+            line = old[key]
+        undone.append(line)
+    if undone != base.splitlines():
+        return None
+    merged, placed = [], set()
+    for line, key, _ in _settings_lines(theirs):
+        if key in mine:
+            line = mine[key]
+            placed.add(key)
+        merged.append(line)
+    if placed != set(mine):
+        return None
+    names = [f"{section}.{name}" for section, name in mine]
+    return "\n".join(merged) + ("\n" if theirs.endswith("\n") else ""), names
+
+
+def resolve_settings_conflict(project: Path) -> list[str] | None:
+    """Resolve a conflict that an update left in the settings file, when the user's only edits
+    there are settings: the new file, with them set. Returns their names, or None (the
+    conflict stays). Copier records the merge's three sides in git's index (1: the old
+    template's file, 2: the user's, 3: the new template's)."""
+    sides = [
+        subprocess.run(
+            ["git", "show", f":{stage}:./{SETTINGS_FILE}"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        for stage in (1, 2, 3)
+    ]
+    if any(side.returncode != 0 for side in sides):  # not a conflict of the three
+        return None
+    base, ours, theirs = (side.stdout for side in sides)
+    merged = merge_settings(base, ours, theirs)
+    if merged is None:
+        return None
+    text, names = merged
+    (project / SETTINGS_FILE).write_text(text, encoding="utf-8")
+    git(project, "reset", "--quiet", "--", SETTINGS_FILE)  # the index entry as it was
+    return names
 
 
 def requirements(pyproject: Path) -> set[str] | None:

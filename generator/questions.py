@@ -19,7 +19,10 @@ import yaml
 MATRIX_AXES = ("task", "framework", "hardware", "backbone")
 
 # Flags whose name is not the question's own (`--name` reads better than `--project-name`).
-FLAG_NAMES = {"project_name": "name"}
+# The multi-select question, `extras`, is `--with X` (repeatable); `scaffold update` adds
+# `--without X` to drop one.
+FLAG_NAMES = {"project_name": "name", "extras": "with"}
+EXTRAS = "extras"
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class Question:
     choices: tuple[str, ...] | None
     default: str | None  # None where copier.yml derives the default from other answers
     when: str | bool = True  # whether it is asked: a Jinja expression of earlier answers
+    multiselect: bool = False  # the answer is a list of some of the choices
+    default_template: str | None = None  # the Jinja expression of a derived default
 
     @property
     def flag(self) -> str:
@@ -59,9 +64,11 @@ def load_questions() -> tuple[Question, ...]:
             choices = tuple(str(value) for value in choices.values())
         elif choices is not None:
             choices = tuple(str(value) for value in choices)
-        default = options.get("default")
+        default = template = options.get("default")
         if isinstance(default, str) and "{{" in default:
             default = None
+        else:
+            template = None
         questions.append(
             Question(
                 name=name,
@@ -69,6 +76,8 @@ def load_questions() -> tuple[Question, ...]:
                 choices=choices,
                 default=None if default is None else str(default),
                 when=options.get("when", True),
+                multiselect=bool(options.get("multiselect", False)),
+                default_template=template,
             )
         )
     return tuple(questions)
@@ -82,10 +91,21 @@ def asked(question: Question, answers: dict[str, str]) -> bool:
     """Whether Copier asks `question` after these answers (its `when`, rendered as Copier does)."""
     if isinstance(question.when, bool):
         return question.when
+    rendered = render(question.when, answers)
+    return rendered.strip().lower() not in ("false", "0", "no", "off", "")
+
+
+def render(expression: str, answers: dict) -> str:
+    """A Jinja expression of copier.yml rendered with these answers (without Copier)."""
     import jinja2
 
-    rendered = jinja2.Environment().from_string(question.when).render(**answers)
-    return rendered.strip().lower() not in ("false", "0", "no", "off", "")
+    return jinja2.Environment().from_string(expression).render(**answers)
+
+
+def default_extras(hardware: str) -> list[str]:
+    """The extras a project of this hardware gets by default (copier.yml's default)."""
+    rendered = render(question(EXTRAS).default_template or "[]", {"hardware": hardware})
+    return list(yaml.safe_load(rendered) or [])
 
 
 def matrix() -> list[dict[str, str]]:

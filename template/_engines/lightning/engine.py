@@ -1,264 +1,182 @@
-{% set sharding = backbone == "pretrained" and hardware == "multi-gpu" %}
-"""The training engine: PyTorch Lightning's Trainer around the plain model of model.py.
+"""How the model trains: PyTorch Lightning's Trainer around the plain model of model.py.
 
-`TaskModule` wraps the model with its optimizer and logs with `self.log`; whatever it logs
-(add your own) reaches metrics.csv, a row per evaluation, and the tracker. `train` sets the
-Trainer up from the config: max_steps optimizer steps, an evaluation every eval_every steps,
-last.ckpt at each evaluation, best.ckpt at each better one, and early stopping.
+`TaskModule` hands Lightning the model, its loss (model.py's `step`), metrics and optimizer,
+and logs with `self.log`: what it logs (add your own) reaches metrics.csv and the progress
+bar. `fit` sets the Trainer up with Lightning's own parts: ModelCheckpoint (last.ckpt and
+best.ckpt), EarlyStopping, CSVLogger, LearningRateMonitor, the progress bar, SIGTERM and
+SLURM handling, and `trainer.fit(ckpt_path=...)` to resume.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import os
-from dataclasses import asdict
+import signal
+import warnings
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
-from torch.utils.data import DataLoader
-from torchmetrics import MeanMetric
+from lightning.pytorch import callbacks
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .config import TASK, Config
-from .data import build_datasets
-from .model import build_metrics, build_model, step
-from .plumbing import lightning_parts as parts
-from .plumbing import runs, training
-from .plumbing.hardware import global_rank, resolve_device, resolve_devices, resolve_precision
-from .plumbing.record import write_record
-from .plumbing.reporting import save_baseline, show
+from .config import Config
+from .model import MONITOR, MONITOR_MODE, build_metrics, build_model, build_optimizer, step
+from .plumbing import Diverged, Interrupted, runs, training
+from .plumbing.reporting import rows_before
 from .plumbing.settings import load_config
-{% if sharding %}
-from .plumbing.sharding import lightning_strategy, shard
+{% if logger != "csv" %}
+from .plumbing.tracker import open_tracker
 {% endif %}
-from .plumbing.training import Diverged, Outcome, check_finite, make_loader
 
 ENGINE = "lightning"
+warnings.filterwarnings("ignore", ".*Experiment logs directory.*")  # config.yaml is there
+warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # inside Lightning
+{% if "sweeps" in extras %}
+# A sweep's: called with (step, monitored value) after each evaluation; True stops the run.
+ON_EVALUATION = None
+{% endif %}
 
 
 class TaskModule(L.LightningModule):
-    """The model of model.py with its optimizer, and what it logs."""
+    """The model of model.py, with its loss, metrics and optimizer, and what it logs."""
 
-    def __init__(self, cfg: dict, meta: dict):
+    def __init__(self, cfg: dict, meta: dict, model: torch.nn.Module | None = None):
         super().__init__()
-        self.save_hyperparameters(logger=False)  # settings and metadata, in every checkpoint
-        self.cfg = load_config(base=cfg)
-        self.model = build_model(self.cfg, meta)
+        self.save_hyperparameters(ignore="model", logger=False)  # kept in every checkpoint
+        self.cfg = load_config(Config, base=cfg)
+        self.model = model or build_model(self.cfg, meta)
         self.val_metrics = build_metrics(meta).clone(prefix="val/")
-        self.val_loss = MeanMetric(nan_strategy=math.nan)  # a nan stays: a diverged model shows
-        # The training loss since the last evaluation, summed on each process (as a buffer,
-        # DDP would copy rank 0's to the others), and saved in checkpoints.
-        self.loss_sum, self.loss_count = torch.zeros(()), torch.zeros(())
-        self.evals = training.Evaluations()
-        self.perfect = training.perfect_score(meta)  # the monitored metric's best possible
-        self.stop: str | None = None  # why early stopping ended the run
-        self.record: dict | None = None  # what produced the run, in short (rank 0)
-        self.resumed: dict | None = None  # the checkpoint a run resumes from
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, _, _ = step(self.model, batch)
-        # Stop at a nan or inf loss, before it reaches the weights or a checkpoint.
-        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss), all=False):
-            raise Diverged(self.global_step + 1, loss.item(), self.lr)
-        self.loss_sum += loss.detach().float()
-        self.loss_count += 1
+        self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        t = self.cfg.train
-        capped = t.epochs == self.current_epoch + 1 and self.trainer.is_last_batch
-        if self.global_step >= t.max_steps or capped:
-            self.trainer.should_stop = True  # and Lightning evaluates once more, at this step
+        if self.global_step >= self.trainer.max_steps:
+            self.trainer.should_stop = True  # so that Lightning evaluates the last step too
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, outputs, targets = step(self.model, batch)
-        self.val_loss.update(loss.float(), weight=len(targets))
+        if not torch.isfinite(loss):  # before ModelCheckpoint saves a diverged model
+            raise Diverged(self.global_step, self.trainer.default_root_dir)
         self.val_metrics.update(outputs.float(), targets)
+        self.log("val/loss", loss, batch_size=len(targets), sync_dist=True)
+        self.log_dict(self.val_metrics)  # computed and reset by Lightning at the epoch's end
 
-    def on_validation_epoch_end(self) -> None:
-        # Once an evaluation: logging metric objects per batch costs milliseconds a batch.
-        scores = {"val/loss": self.val_loss.compute(), **self.val_metrics.compute()}
-        self.val_loss.reset()
-        self.val_metrics.reset()
-        if self.trainer.sanity_checking:
-            return
-        loss = self.trainer.strategy.reduce(self.loss_sum / self.loss_count.clamp(min=1))
-        row = {"step": self.global_step, "epoch": self.current_epoch + 1, "lr": self.lr}
-        row |= {"train/loss": loss.item(), **{key: value.item() for key, value in scores.items()}}
-        if not math.isfinite(row["val/loss"]):  # before anything is logged or saved
-            raise Diverged(self.global_step, row["val/loss"], self.lr, "validation loss")
-        check_finite(self.model, self.global_step, self.lr)
-        self.loss_sum.zero_(), self.loss_count.zero_()
-        self.stop = self.evals.add(row, self.cfg, self.perfect)
-        if self.stop == "perfect":  # EarlyStopping stops the other case
-            self.trainer.should_stop = True
-        # float64: Lightning would round the learning rate to float32. The values are equal
-        # on every process already; sync_dist leaves them so.
-        values = {k: torch.tensor(v, dtype=torch.float64) for k, v in row.items()}
-        self.log_dict(values, sync_dist=True)
-        # What EarlyStopping follows: it grows exactly when an evaluation is better.
-        self.log("best_step", float(self.evals.best["step"]), logger=False, sync_dist=True)
-
-    @property
-    def lr(self) -> float:
-        return self.lr_schedulers().get_last_lr()[0]
-
-{% if sharding %}
-    def configure_model(self) -> None:
-        # FSDP (train.strategy: fsdp): ModelParallelStrategy shards over its processes' mesh.
-        if self.device_mesh is not None:
-            shard(self.model, self.device_mesh["data_parallel"])
-
-{% endif %}
     def configure_optimizers(self):
-        optimizer, scheduler = training.build_optimizer(self.model, self.cfg, self.device)
-        schedule = {"scheduler": scheduler, "interval": "step"}  # stepped per optimizer step
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
-
-    def on_train_start(self) -> None:
-        loss = self.resumed["loss"] if self.resumed else [0.0, 0.0]
-        self.loss_sum, self.loss_count = torch.tensor(loss, device=self.device)
-        if self.resumed is None:
-            return
-        training.set_rng_state(self.resumed["rng"])
-        saved = self.resumed["hyper_parameters"]["cfg"]["train"]
-        schedule = (self.optimizers(), self.lr_schedulers(), self.cfg, saved, self.global_step)
-        training.continue_schedule(*schedule)
-        # Early stopping restored the patience of the checkpoint: the one given now applies.
-        self.trainer.early_stopping_callback.patience = self.cfg.train.patience or math.inf
+        optimizer, scheduler = build_optimizer(self.model, self.cfg)
+        scheduler = {"scheduler": scheduler, "interval": "step"}  # stepped every optimizer step
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Besides the weights and hyperparameters: the progress and the random state, for a
-        # resume that continues as the original would, in the raw engine's format.
-        epoch = self.trainer.train_dataloader.state_dict()["epoch"]
-        progress = {"step": self.global_step, "epoch": epoch, **asdict(self.evals)}
-        checkpoint.update(task=TASK, engine=ENGINE, progress=progress, record=self.record)
-        loss = [self.loss_sum.item(), self.loss_count.item()]
-        checkpoint.update(rng=training.get_rng_state(), loss=loss)
-        tracker = self.trainer.loggers[-1]
-        checkpoint["tracker_run_id"] = tracker.version if len(self.trainer.loggers) > 1 else None
+        checkpoint["random_state"] = training.random_state()  # dropout's, augmentation's
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        progress = checkpoint["progress"]
-        self.evals = training.Evaluations.of(progress)
-        self.resumed = checkpoint
+        # A resumed run draws the random numbers the uninterrupted one would have; given a
+        # larger --max-steps, its learning rate decays to its floor at the new end.
+        training.set_random_state(checkpoint["random_state"])
+        saved = checkpoint["hyper_parameters"]["cfg"]["train"]["max_steps"]
+        for schedule in checkpoint["lr_schedulers"]:
+            training.stretch_schedule(schedule, self.cfg.train.max_steps - saved)
 
 
 class DataModule(L.LightningDataModule):
-    """The training and validation sets of data.py, sharded over the DDP processes; each
-    loader knows its place in the epoch, which Lightning saves and restores."""
+    """data.py's training and validation sets, each process reading its share."""
 
-    def __init__(self, cfg: Config, meta: dict | None = None):
+    def __init__(self, cfg: Config, train_set, val_set):
         super().__init__()
-        self.cfg = cfg
-        self.train_set, self.val_set, self.meta = build_datasets(cfg, meta)
+        self.cfg, self.train_set, self.val_set = cfg, train_set, val_set
 
-    def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train_set, train=True)
+    def train_dataloader(self):
+        return self.loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self.loader(self.val_set, train=False)
+    def val_dataloader(self):
+        return self.loader(self.val_set, shuffle=False)
 
-    def loader(self, dataset, train: bool) -> DataLoader:
-        rank, world = self.trainer.global_rank, self.trainer.world_size
-        device = self.trainer.strategy.root_device
-        return make_loader(dataset, self.cfg, rank, world, device, train)
-
-
-def train(cfg: Config, resume: str | Path | None = None, trial: Any = None) -> Outcome | None:
-    """Train to the step budget with Lightning, evaluating and checkpointing as it goes;
-    resume from a checkpoint. Returns the outcome on rank 0, None on the other ranks."""
-    t = cfg.train
-    resolve_device(t.accelerator)  # hardware that is missing: one line, before any folder
-    checkpoint = runs.read_checkpoint(resume) if resume else None
-    if checkpoint is not None:
-        runs.check_resumable(checkpoint, cfg, resume, ENGINE)
-    run_dir, continuing = runs.choose_run_dir(cfg, resume)
-    first = global_rank() == 0
-    with runs.RunClaim(run_dir, new_run=not continuing) if first else contextlib.nullcontext():
-        if continuing and first:
-            runs.check_continuable(run_dir)
-        L.seed_everything(t.seed, workers=True, verbose=False)
-        with runs.rebuilding_from(resume) if resume else contextlib.nullcontext():
-            data = DataModule(cfg, checkpoint["hyper_parameters"]["meta"] if checkpoint else None)
-            module = TaskModule(cfg.to_dict(), data.meta)
-        if checkpoint is not None:  # before Lightning loads them, in words of its own
-            runs.load_weights(module.model, runs.model_weights(checkpoint), resume)
-        signals = training.StopSignals()
-        baseline = {}
-        if first:
-            runs.prepare_run_dir(run_dir, cfg)
-            module.record = write_record(run_dir, continuing)
-        resumed = checkpoint if continuing else None
-        trainer = make_trainer(cfg, data, signals, resumed, trial, module.record)
-        if first:
-            parameters = sum(p.numel() for p in module.model.parameters())
-            show(f"{type(module.model).__name__}: {parameters:,} parameters")
-            baseline = training.measure_baseline(data.val_set, data.meta, cfg)
-            save_baseline(run_dir, baseline)
-        if t.compile:
-            module.model.compile()  # in place: the checkpoint's keys stay the plain model's
-        os.environ[runs.RUN_NAME_ENV] = run_dir.name  # for the DDP processes Lightning starts
-        try:
-            with signals:
-                trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
-        finally:
-            del os.environ[runs.RUN_NAME_ENV]
-    if not trainer.is_global_zero:
-        return None
-    reason = "max_steps" if trainer.global_step >= t.max_steps else "epochs"
-    return Outcome(module.stop or reason, module.evals.best, module.evals.last, baseline)
+    def loader(self, dataset, shuffle: bool):
+        t, trainer = self.cfg.train, self.trainer
+        pin = trainer.strategy.root_device.type == "cuda"  # page-locked memory for the copies
+        shard = (trainer.global_rank, trainer.world_size, t.num_workers, pin)
+        return training.make_loader(dataset, t.batch_size, t.seed, shuffle, *shard)
 
 
-def make_trainer(
-    cfg: Config, data: DataModule, signals, resumed: dict | None, trial, record: dict | None
-) -> L.Trainer:
-    """The Trainer, its loggers and its callbacks, as the config says."""
-    t, folder = cfg.train, cfg.run_dir / "checkpoints"
-    device = resolve_device(t.accelerator)
-    devices = resolve_devices(t.devices, device)
-    world_size = devices * t.num_nodes
-    batches = len(make_loader(data.train_set, cfg, 0, world_size, device, train=True))
-    interval = training.eval_interval(cfg, batches)
-    # RunCheckpoints: last.ckpt at each evaluation and on an interrupt, best.ckpt at each
-    # better one. EarlyStopping is always there (patience 0: never stopping) so that its count
-    # is in every checkpoint, for a resume that turns it on.
-    stopping = EarlyStopping("best_step", mode="max", patience=t.patience or math.inf)
-    callbacks = [parts.RunCheckpoints(cfg, signals), stopping]
-    if trial is not None:
-        callbacks.append(parts.Pruning(trial))
-    bar = parts.progress_bar(cfg)
-    loggers = [parts.MetricsCSV(cfg.run_dir, t.max_steps, resumed and resumed["progress"]["step"])]
-    run_id = resumed and resumed.get("tracker_run_id")
-    tracker = parts.tracker_logger(cfg, cfg.run_dir, run_id, record)
-    callbacks.append(parts.RunReport(cfg, tracker, resumed=run_id is not None))
-    return L.Trainer(
+def fit(cfg: Config, run_dir: Path, datasets: tuple, checkpoint_path=None, checkpoint=None) -> str:
+    """Train on (training set, validation set, metadata) to the step budget or until early
+    stopping, from a checkpoint when given; returns which of the two ended the run."""
+    t, (train_set, val_set, meta) = cfg.train, datasets
+    world_size = (torch.cuda.device_count() if t.devices == -1 else t.devices) * t.num_nodes
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on the GPUs that have them
+    L.seed_everything(t.seed, verbose=False)
+    module = TaskModule(cfg.to_dict(), meta)
+    if t.compile:
+        module.model.compile()  # in place: the checkpoint's names stay the plain model's
+    logger = CSVLogger(run_dir, name="", version="")  # run_dir/metrics.csv, which it starts
+    for row in rows_before(run_dir, checkpoint):  # afresh: a resumed run logs these again
+        logger.log_metrics(row, row.pop("step"))
+    # Evaluate every eval_every optimizer steps, counted over epochs, and at least once an epoch.
+    per_epoch = max(1, len(train_set) // (t.batch_size * world_size))
+    folder, monitor = run_dir / "checkpoints", {"monitor": MONITOR, "mode": MONITOR_MODE}
+    best = callbacks.ModelCheckpoint(folder, "best", **monitor)
+    last = callbacks.ModelCheckpoint(folder, "last")  # at every evaluation, to resume from
+    patience = {"patience": t.patience or t.max_steps, "stopping_threshold": t.stopping_threshold}
+    stopping = callbacks.EarlyStopping(**patience, **monitor)
+    trainer = L.Trainer(
         accelerator=t.accelerator,
-        devices=devices,
+        devices=t.devices,
         num_nodes=t.num_nodes,
-{% if sharding %}
-        strategy=lightning_strategy(t.strategy, world_size),
-{% else %}
         strategy="ddp" if world_size > 1 else "auto",
-{% endif %}
-        precision=resolve_precision(t.precision, device),
+        precision=t.precision,
         max_steps=t.max_steps,
-        max_epochs=t.epochs or -1,
-        # Evaluate every so many batches, counted across epochs, as the raw loop does.
-        val_check_interval=interval,
+        val_check_interval=min(t.eval_every * t.accumulate, per_epoch),
         check_val_every_n_epoch=None,
         accumulate_grad_batches=t.accumulate,
         gradient_clip_val=t.grad_clip or None,
-        logger=loggers + ([tracker] if tracker else []),
-        log_every_n_steps=interval,
-        callbacks=callbacks + ([bar] if bar else []),
-        # A SLURM requeue signal makes Lightning save hpc_ckpt_N.ckpt here, beside last.ckpt.
-        default_root_dir=folder,
-        plugins=[parts.AtomicCheckpointIO()],
-        use_distributed_sampler=False,  # make_loader shards the data itself, resumably
-        enable_progress_bar=bar is not None,
-        enable_model_summary=False,  # train prints the parameter count
+        logger={{ "[logger, open_tracker(cfg.to_dict(), run_dir)]" if logger != "csv" else "logger" }},
+        log_every_n_steps=min(50, t.eval_every, per_epoch),
+        callbacks=[best, last, stopping, callbacks.LearningRateMonitor("step")],
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=run_dir,  # where a SLURM requeue signal saves hpc_ckpt_N.ckpt
     )
+{% if "sweeps" in extras %}
+    if ON_EVALUATION is not None:
+        trainer.callbacks.append(Told())
+{% endif %}
+    data = DataModule(cfg, train_set, val_set)
+    try:
+        trainer.fit(module, data, ckpt_path=checkpoint_path, weights_only=True)
+    except SIGTERMException:  # after a batch: last.ckpt holds the last evaluation
+        raise Interrupted(signal.SIGTERM, folder / "last.ckpt") from None
+    return "max_steps" if trainer.global_step >= t.max_steps else "early_stopping"
+
+
+def evaluate(model, dataset, cfg: Config, meta: dict, accelerator: str = "cpu") -> dict:
+    """The loss and metrics of `model` on `dataset`, by Lightning's validation loop."""
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    trainer = L.Trainer(accelerator=accelerator, devices=1, **quiet)
+    module, data = TaskModule(cfg.to_dict(), meta, model), DataModule(cfg, None, dataset)
+    (scores,) = trainer.validate(module, data, verbose=False)
+    return {key: float(value) for key, value in scores.items()}
+{% if "sweeps" in extras %}
+
+
+class Told(L.Callback):
+    """Tells ON_EVALUATION each evaluation (optuna-integration's pruning callback reports the
+    epoch, and this project evaluates every eval_every steps, several times an epoch)."""
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if ON_EVALUATION(trainer.global_step, float(trainer.callback_metrics[MONITOR])):
+            trainer.should_stop = True
+{% endif %}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """What this project promises and Lightning does not: checkpoints written beside their
+    target and renamed over it, so that a process killed while saving leaves the previous
+    one whole (Lightning's writer truncates it first)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        runs.save_atomically(checkpoint, Path(path))

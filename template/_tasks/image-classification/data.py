@@ -14,6 +14,7 @@ The model changes the training images at random (model.py's Augment, data.augmen
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -23,10 +24,9 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 {% block imports %}
 from .config import Config
-from .plumbing import ConfigError, UserError
 {% endblock %}
-from .plumbing.hardware import global_rank
-from .plumbing.splits import split_indices
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 BUILT_IN_SIZE = 32  # the side of the built-in shapes
@@ -38,7 +38,7 @@ CACHE_BYTES = 512 * 2**20
 SHAPES = ["disc", "frame", "horizontal-bar", "vertical-bar"]
 
 
-class DataError(UserError):
+class DataError(Exception):
     """Missing, empty or unreadable data; the message names the file and the fix."""
 
 
@@ -48,8 +48,6 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
     A checkpoint's `meta` is reused as is, so that a resumed run sees the same classes and
     image size.
     """
-    if cfg.data.image_size is not None and cfg.data.image_size < MIN_SIZE:
-        raise ConfigError(f"data.image_size must be at least {MIN_SIZE} (or null: chosen)")
     seed = cfg.train.seed
     if cfg.data.path is None:
         size = (meta or {}).get("image_size") or cfg.data.image_size or BUILT_IN_SIZE
@@ -59,11 +57,10 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
     else:
         root = Path(cfg.data.path)
         if (root / "train").is_dir():
-            if cfg.data.folds:
-                raise DataError(
-                    f"{root} is split into train/ and val/ already; --folds needs one folder "
-                    "of class sub-folders"
-                )
+{% if "folds" in extras %}
+            if cfg.train.folds:  # folds split one folder; this one is split already
+                raise DataError(f"{root} has train/ and val/: --folds takes a folder of classes")
+{% endif %}
             if not (root / "val").is_dir():
                 raise DataError(f"{root} has train/ but no val/; add {root}/val/<class>/")
             classes = class_names(root / "train")
@@ -81,7 +78,7 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
 {% endblock %}
         for folder in folders:
             folder.resize_to(size, crop)
-        if meta is None and global_rank() == 0:
+        if meta is None:
             describe(folders, size, cfg.data.image_size is None)
     if meta is None:
         counts = torch.bincount(torch.tensor(labels_of(train)), minlength=len(classes))
@@ -115,10 +112,9 @@ def describe(folders: list[ImageFolder], size: int, chosen: bool) -> None:
 {% block how %}
     how = "chosen from their sizes; data.image_size sets it" if chosen else "data.image_size"
 {% endblock %}
-    print(
+    log.info(
         f"{len(sizes):,} images, from {small_w}x{small_h} to {large_w}x{large_h} pixels: "
-        f"resized to {size}x{size} ({how})",
-        flush=True,
+        f"resized to {size}x{size} ({how})"
     )
 
 
@@ -273,12 +269,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def split(dataset: Dataset, cfg: Config) -> tuple[Subset, Subset]:
-    """A random split, the same for a given seed, or a fold stratified by class (splits.py).
+    """A random split of the images, the same for a given seed (split_indices)."""
+    train, val = split_indices(len(dataset), cfg, labels_of(dataset))
+    return Subset(dataset, train), Subset(dataset, val)
 
-    The hold-out is the end of the permutation, as torch's random_split takes it.
-    """
-    train, val = split_indices(len(dataset), cfg, labels_of(dataset), val_last=True)
-    return Subset(dataset, train.tolist()), Subset(dataset, val.tolist())
+
+{% include "template/_shared/split.py" %}
 
 
 def make_shapes(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

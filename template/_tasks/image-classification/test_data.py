@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from {{ package_name }}.config import Config
 from {{ package_name }}.data import (  # one name a line: the package name may be long
     DataError,
     build_datasets,
@@ -15,6 +16,11 @@ from {{ package_name }}.data import (  # one name a line: the package name may b
 )
 from {{ package_name }}.model import build_model
 from {{ package_name }}.plumbing.settings import load_config
+
+
+def config(**settings):
+    """The settings, with some changed: config(**{"data.path": folder})."""
+    return load_config(Config, flags=settings)
 
 
 def write_images(root, classes=("cat", "dog"), per_class=4):
@@ -26,7 +32,7 @@ def write_images(root, classes=("cat", "dog"), per_class=4):
 
 def test_a_folder_of_images_per_class_loads(tmp_path):
     write_images(tmp_path)
-    cfg = load_config(overrides={"data.path": str(tmp_path), "data.val_split": 0.25})
+    cfg = config(**{"data.path": str(tmp_path), "data.val_split": 0.25})
     train, val, meta = build_datasets(cfg)
     assert meta["classes"] == ["cat", "dog"]
     assert (len(train), len(val)) == (6, 2)
@@ -39,7 +45,7 @@ def test_a_folder_of_images_per_class_loads(tmp_path):
 
 def test_the_image_size_is_chosen_from_the_images(tmp_path):
     def image_size(folder, **overrides):
-        cfg = load_config(overrides={"data.path": str(tmp_path / folder), **overrides})
+        cfg = config(**{"data.path": str(tmp_path / folder), **overrides})
         return build_datasets(cfg)[2]["image_size"]
 
     for i in range(5):
@@ -58,7 +64,7 @@ def test_the_image_size_is_chosen_from_the_images(tmp_path):
 
 def test_training_images_are_augmented_and_evaluated_plain(tmp_path):
     write_images(tmp_path)
-    cfg = load_config(overrides={"data.path": str(tmp_path)})
+    cfg = config(**{"data.path": str(tmp_path)})
     _, _, meta = build_datasets(cfg)
     model = build_model(cfg, meta)
     images = torch.rand(4, 3, 20, 20)
@@ -71,8 +77,8 @@ def test_training_images_are_augmented_and_evaluated_plain(tmp_path):
     model.eval()
     assert torch.equal(model.augment(images), images)
     # The built-in shapes, and data.augment=false, train on the images as they are.
-    assert not isinstance(build_model(load_config(), meta).augment, type(model.augment))
-    plain = load_config(overrides={"data.path": str(tmp_path), "data.augment": False})
+    assert not isinstance(build_model(config(), meta).augment, type(model.augment))
+    plain = config(**{"data.path": str(tmp_path), "data.augment": False})
     assert not isinstance(build_model(plain, meta).augment, type(model.augment))
 
 
@@ -89,7 +95,7 @@ def test_a_large_jpeg_decodes_at_a_fraction_of_its_size(tmp_path):
 
 def test_predict_names_a_class(tmp_path):
     write_images(tmp_path)
-    cfg = load_config(overrides={"data.path": str(tmp_path)})
+    cfg = config(**{"data.path": str(tmp_path)})
     _, _, meta = build_datasets(cfg)
     model = build_model(cfg, meta).eval()
     (row,) = predict(model, [str(tmp_path / "cat" / "0.png")], meta)
@@ -107,18 +113,18 @@ def test_predict_names_a_class(tmp_path):
 
 def test_bad_data_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        build_datasets(load_config(overrides={"data.path": str(tmp_path / "missing")}))
+        build_datasets(config(**{"data.path": str(tmp_path / "missing")}))
     (tmp_path / "file.png").write_bytes(b"")
     with pytest.raises(DataError, match="is a file, not a folder"):
-        build_datasets(load_config(overrides={"data.path": str(tmp_path / "file.png")}))
+        build_datasets(config(**{"data.path": str(tmp_path / "file.png")}))
     (tmp_path / "file.png").unlink()
     write_images(tmp_path, classes=("cat",))
     with pytest.raises(DataError, match="expected at least two"):
-        build_datasets(load_config(overrides={"data.path": str(tmp_path)}))
+        build_datasets(config(**{"data.path": str(tmp_path)}))
     write_images(tmp_path, classes=("dog",))
     (tmp_path / "dog" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="broken.png"):
-        build_datasets(load_config(overrides={"data.path": str(tmp_path)}))
+        build_datasets(config(**{"data.path": str(tmp_path)}))
 
 
 def test_images_of_every_mode_load_as_rgb(tmp_path):
@@ -155,4 +161,4 @@ def test_a_truncated_or_gigantic_image_is_named(tmp_path):
     write_images(tmp_path / "bomb")
     (tmp_path / "bomb" / "dog" / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + png)
     with pytest.raises(DataError, match="huge.png is too large to decode safely"):
-        build_datasets(load_config(overrides={"data.path": str(tmp_path / "bomb")}))
+        build_datasets(config(**{"data.path": str(tmp_path / "bomb")}))

@@ -1,116 +1,85 @@
 {% block docstring %}
 """Data for language modelling: the built-in text, or your UTF-8 text file of any size.
 
-Your data: one UTF-8 text file. Its tokens are encoded once: a text of more than
-CACHE_MIN_BYTES goes into a token file (uint8 or uint16) under the output folder,
-runs/.token-cache/, named after the file's size and modification time, the split and the
-tokenizer, which later runs read instead of encoding again. Training draws random
-windows of block_size tokens from the training text; evaluation uses train.eval_batches
-batches of windows spread over the held-out text. So neither the memory nor the time of a
-run grows with the corpus.
+Your data: one UTF-8 text file. Its end (data.val_split of it) is held out for validation;
+training draws random windows of block_size tokens from the text before it, never across
+into it, and evaluation uses train.eval_batches batches of windows spread over the held-out
+text. The tokenizer (data.tokenizer) is `char`, every distinct character a token, or `bpe`,
+a byte-level BPE of data.vocab_size tokens that Hugging Face `tokenizers` learns from the
+training text; either is saved with the checkpoint.
 
-The end of the text (val_split of it, or a fold's stretch with --folds) is held out for
-validation; no training window overlaps it. The tokenizer (data.tokenizer) is `char`,
-every distinct character a token, or `bpe`, a byte-level BPE of data.vocab_size tokens that
-Hugging Face `tokenizers` learns from the training text. Either is saved with the checkpoint.
+A text of more than CACHE_MIN_BYTES is encoded once, into a token file in the output folder
+(runs/.token-cache/) named after a hash of the text's bytes, the split and the tokenizer.
+Later runs read their windows from it, so neither the memory nor the start of a run grows
+with the corpus; a token file that fails its checks is encoded again.
 """
 {% endblock %}
 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import hashlib
 import io
 import json
+import logging
 import math
 import os
+import struct
 import time
-from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch.utils.data import Dataset
 
 {% block imports %}
 from .config import Config
-from .plumbing import ConfigError, UserError
 {% endblock %}
-from .plumbing.hardware import global_rank
+
+log = logging.getLogger(__name__)
 
 SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "a small bird", "the teacher"]
 VERBS = ["sees", "likes", "finds", "chases", "watches", "draws"]
 OBJECTS = ["the ball", "a red apple", "the garden", "a big house", "the river", "some bread"]
 ENDINGS = [".", " today.", " at night.", " again.", " in the rain."]
 
-TOKENIZERS = ("char", "bpe")
 CHUNK_BYTES = 2**20  # text read, decoded and encoded at a time: small chunks stay in cache
-# A larger text is encoded once into a token file under the output folder; a smaller one is
+# A larger text is encoded once into a token file in the output folder; a smaller one is
 # encoded in memory at each start, which takes well under a second.
 CACHE_MIN_BYTES = 2**20
 BPE_SAMPLE_BYTES = 64 * 2**20  # BPE learns its merges from at most this much training text
-CACHE_FORMAT = 1  # bump when the token files change, so that old ones are not reused
+# A token file is this header, its tokens (uint8 or uint16), then a JSON trailer (the
+# tokenizer, the parts' lengths, the token counts). The header holds a magic number (changed
+# with the format), a digest of what the tokens depend on, the number of tokens, their size
+# in bytes and the trailer's: a file that disagrees with it is not read.
+MAGIC = b"TOKENS02"
+HEADER = struct.Struct("<8s32sQQQ")
 
 
-class DataError(UserError):
+class DataError(Exception):
     """Missing, empty or unreadable data; the message names the file and the fix."""
 
 
 class Windows(Dataset):
     """Windows of block_size tokens (inputs) and the same shifted by one (targets), one
-    starting every `stride` tokens in each stretch [start, end) of `tokens`, never across
-    its end. With stride 1, a random index is a random window of the text."""
+    starting every `stride` tokens of tokens[start:end], never across its end. With
+    stride 1, a random index is a random window of the text."""
 
-    def __init__(self, tokens, stretches: list[tuple[int, int]], block_size: int, stride: int):
-        self.tokens, self.block_size, self.stride = tokens, block_size, stride
-        self.starts: list[int] = []  # where each stretch's first window starts
-        self.ends: list[int] = []  # the index after each stretch's last window
-        total = 0
-        for start, end in stretches:
-            if end - start > block_size:
-                total += (end - start - block_size - 1) // stride + 1
-                self.starts.append(start)
-                self.ends.append(total)
-
-    def __len__(self) -> int:
-        return self.ends[-1] if self.ends else 0
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        stretch = bisect_right(self.ends, index)
-        first = self.ends[stretch - 1] if stretch else 0
-        start = self.starts[stretch] + (index - first) * self.stride
-        chunk = np.asarray(self.tokens[start : start + self.block_size + 1], dtype=np.int64)
-        chunk = torch.from_numpy(chunk)
-        return chunk[:-1], chunk[1:]
-
-
-class TokenFile:
-    """A token file on disk, read a window at a time: the corpus never enters memory.
-
-    Not a memory map: a map counts every page it has touched as this process's memory,
-    which random windows spread over the whole file in a long run. Each process reads
-    through a file of its own (loader processes too), so that their reads never mix.
-    """
-
-    def __init__(self, path: Path, dtype: str, length: int):
-        self.path, self.dtype, self.length = path, np.dtype(dtype), length
-        self.file, self.opened_by = None, None
+    def __init__(self, tokens, start: int, end: int, block_size: int, stride: int):
+        self.tokens, self.start, self.block_size, self.stride = tokens, start, block_size, stride
+        self.length = max(0, (end - start - block_size - 1) // stride + 1)
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, window: slice) -> np.ndarray:
-        start, stop, _ = window.indices(self.length)
-        if self.opened_by != os.getpid():
-            self.file, self.opened_by = self.path.open("rb"), os.getpid()
-        self.file.seek(start * self.dtype.itemsize)
-        return np.fromfile(self.file, dtype=self.dtype, count=stop - start)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "file": None, "opened_by": None}
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.start + index * self.stride
+        chunk = np.asarray(self.tokens[start : start + self.block_size + 1], dtype=np.int64)
+        chunk = torch.from_numpy(chunk)
+        return chunk[:-1], chunk[1:]
 
 
 def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Dataset, dict]:
@@ -118,29 +87,19 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
 
     A checkpoint's `meta` is reused, so a resumed run keeps its tokenizer.
     """
-{% block checks %}
-    if cfg.data.tokenizer not in TOKENIZERS:
-        raise ConfigError(f"data.tokenizer must be one of {TOKENIZERS}")
-    if not 256 < cfg.data.vocab_size <= 2**16:
-        raise ConfigError("data.vocab_size must be more than 256 (the bytes) and at most 65536")
-{% endblock %}
     text = Text(None, make_text(cfg.train.seed)) if cfg.data.path is None else Text(cfg.data.path)
     block = meta["block_size"] if meta else cfg.data.block_size
-    # The validation text is one stretch: the end, or the fold's block of the text. Training
-    # windows come from the text before and after it, never across it.
-    held_start, held_end = text.held_out(cfg, min_bytes=block + 1)
-    cuts = [text.begin, held_start, held_end, text.end]
+    held_start = text.held_out(cfg.data.val_split, min_bytes=block + 1)
     started = time.perf_counter()
-    tokens, lengths, tokenizer, counts = encode(text, cuts, meta, cfg)
-    before, held, after = lengths
-    train_stretches = [(0, before), (before + held, before + held + after)]
-    train = Windows(tokens, train_stretches, block, stride=1)
-    val = Windows(tokens, [(before, before + held)], block, stride=block)
+    tokens, (before, held), tokenizer, counts = encode(
+        text, [text.begin, held_start, text.end], meta, cfg
+    )
+    train = Windows(tokens, 0, before, block, stride=1)
+    val = Windows(tokens, before, before + held, block, stride=block)
     if not len(val) or not len(train):
         raise DataError(
-            f"the text has {len(tokens)} tokens: too few for block_size {block} "
-            "and a validation split; use more text, fewer --folds or a smaller "
-            "--set data.block_size"
+            f"the text has {before + held} tokens: too few for block_size {block} and a "
+            "validation split; use more text or a smaller data.block_size"
         )
     if meta is None:
         meta = {
@@ -150,15 +109,14 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
             "token_bytes": tokenizer.token_bytes(),  # for bits per byte
             "token_counts": counts,  # how often each token occurs in the training text
         }
-        if text.path is not None and global_rank() == 0:
+        if text.path is not None:
             seconds = time.perf_counter() - started
-            print(
+            log.info(
 {% block described %}
-                f"{text.path}: {len(tokens):,} tokens ({cfg.data.tokenizer}, "
+                f"{text.path}: {before + held:,} tokens ({cfg.data.tokenizer}, "
 {% endblock %}
                 f"{tokenizer.vocab_size:,} in the vocabulary), {held:,} held out for "
-                f"validation; ready in {seconds:.1f} s",
-                flush=True,
+                f"validation; ready in {seconds:.1f} s"
             )
     return train, val, meta
 
@@ -166,10 +124,11 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
 def load_dataset(path: str | Path, cfg: Config, meta: dict) -> Dataset:
     """Windows of a whole text file, for `evaluate --data`."""
     text = Text(path)
-    tokens, _, _, _ = encode(text, [text.begin, text.end], meta, cfg)
-    if len(tokens) < meta["block_size"] + 1:
+    tokens, (length,), _, _ = encode(text, [text.begin, text.end], meta, cfg)
+    block = meta["block_size"]
+    if length < block + 1:
         raise DataError(f"{path} has fewer than block_size + 1 tokens; evaluate on more text")
-    return Windows(tokens, [(0, len(tokens))], meta["block_size"], stride=meta["block_size"])
+    return Windows(tokens, 0, length, block, stride=block)
 
 
 # --- the text, read in chunks ------------------------------------------------------------
@@ -181,21 +140,15 @@ class Text:
     def __init__(self, path: str | Path | None, data: str | None = None):
         self.path = None if path is None else Path(path)
         self.data = None if data is None else data.encode("utf-8")
-        if self.path is not None:
-            if not self.path.is_file():
-                problem = "is a folder" if self.path.is_dir() else "does not exist"
-                if self.path.exists() and not self.path.is_dir():  # a named pipe, a device...
-                    problem = "is not a regular file (a named pipe, a device...)"
-                raise DataError(
-                    f"{self.path} {problem}; language-modeling expects a UTF-8 text file"
-                )
-            stat = self.path.stat()
-            self.size, self.modified = stat.st_size, stat.st_mtime_ns
-        else:
-            self.size, self.modified = len(self.data), 0
+        if self.path is not None and not self.path.is_file():
+            problem = "is a folder" if self.path.is_dir() else "does not exist"
+            if self.path.exists() and not self.path.is_dir():  # a named pipe, a device...
+                problem = "is not a regular file (a named pipe, a device...)"
+            raise DataError(f"{self.path} {problem}; language-modeling expects a UTF-8 text file")
+        self.size = len(self.data) if self.path is None else self.path.stat().st_size
         with self.open() as file:
             head = file.read(2**16)
-        # utf-8-sig: a byte-order mark is not a character of the text.
+        # As utf-8-sig reads it: a byte-order mark is not a character of the text.
         self.begin, self.end = (3 if head.startswith(codecs.BOM_UTF8) else 0), self.size
         if self.size <= len(head) and not head[self.begin :].decode(errors="ignore").strip():
             raise DataError(f"{self.path} is empty; language-modeling needs text to learn from")
@@ -208,28 +161,24 @@ class Text:
         except OSError as error:
             raise DataError(f"cannot read {self.path}: {error.strerror}") from None
 
-    def held_out(self, cfg: Config, min_bytes: int) -> tuple[int, int]:
-        """The byte offsets of the validation stretch, at character boundaries: the last
-        val_split of the text, or fold `fold` of `folds` equal blocks (as splits.py splits
-        a sequence that is not shuffled), without listing every offset."""
-        n, folds, fold = self.end - self.begin, cfg.data.folds, cfg.data.fold
-        if folds is None:
-            size = min(n, max(min_bytes, math.floor(n * cfg.data.val_split)))
-            start, end = n - size, n
-        else:
-            if n < folds:
-                raise UserError(f"{n} bytes of text cannot make {folds} folds; use fewer --folds")
-            size, extra = divmod(n, folds)
-            start = (fold - 1) * size + min(fold - 1, extra)
-            end = start + size + (fold - 1 < extra)
+    def sha256(self) -> str:
+        """A hash of the text's bytes: the token cache's key, so an edited text is encoded
+        again whatever its size and time say."""
+        sha = hashlib.sha256()
         with self.open() as file:
-            return tuple(self.char_start(file, self.begin + offset) for offset in (start, end))
+            while block := file.read(CHUNK_BYTES):
+                sha.update(block)
+        return sha.hexdigest()
 
-    def char_start(self, file, offset: int) -> int:
-        """The first character boundary at or after a byte offset."""
-        file.seek(offset)
-        head = file.read(3)
-        return offset + next((i for i, b in enumerate(head) if b & 0xC0 != 0x80), len(head))
+    def held_out(self, val_split: float, min_bytes: int) -> int:
+        """Where the held-out end of the text starts, at a character boundary: the last
+        val_split of its bytes, at least min_bytes."""
+        n = self.end - self.begin
+        start = self.end - min(n, max(min_bytes, math.floor(n * val_split)))
+        with self.open() as file:
+            file.seek(start)  # the first byte that does not continue a character
+            head = file.read(3)
+        return start + next((i for i, b in enumerate(head) if b & 0xC0 != 0x80), len(head))
 
     def chunks(self, file, start: int, end: int) -> Iterator[str]:
         """The text between two character boundaries, CHUNK_BYTES at a time."""
@@ -305,7 +254,7 @@ class CharTokenizer:
             if len(self.chars) + len(new) > self.UNKNOWN:
                 raise DataError(
                     f"{where} has more than {self.UNKNOWN} distinct characters; "
-                    "use --set data.tokenizer=bpe"
+                    "use data.tokenizer=bpe"
                 )
             self.add("".join(map(chr, new)))
             ids = self.table[points]
@@ -388,91 +337,84 @@ def load_tokenizer(meta: dict) -> CharTokenizer | BPETokenizer:
     return CharTokenizer(meta["chars"])
 
 
+def fingerprint(meta: dict) -> str:
+    """A tokenizer's identity, from the metadata that describes it."""
+    described = meta["bpe"] if meta["tokenizer"] == "bpe" else meta["chars"]
+    return f"{meta['tokenizer']}-{hashlib.sha256(described.encode()).hexdigest()}"
+
+
 {% block new_tokenizer %}
 def new_tokenizer(text: Text, cuts: list[int], cfg: Config) -> CharTokenizer | BPETokenizer:
     """A char tokenizer that grows as the text is encoded, or a BPE learned from (up to
-    BPE_SAMPLE_BYTES of) the training text: the parts before and after the held-out one."""
+    BPE_SAMPLE_BYTES of) the training text: the part before the held-out one."""
     if cfg.data.tokenizer == "char":
         return CharTokenizer(grow=True)
 
     def training_text() -> Iterator[str]:
         left = BPE_SAMPLE_BYTES
         with text.open() as file:
-            for start, end in ((cuts[0], cuts[1]), (cuts[2], cuts[3])):
-                for chunk in text.chunks(file, start, end):
-                    yield chunk[:left]
-                    left -= len(chunk)
-                    if left <= 0:
-                        return
+            for chunk in text.chunks(file, cuts[0], cuts[1]):
+                yield chunk[:left]
+                left -= len(chunk)
+                if left <= 0:
+                    return
 
     return BPETokenizer.learn(training_text(), cfg.data.vocab_size)
 
 
 {% endblock %}
-# --- encoding, once -------------------------------------------------------------------------
+# --- encoding, once: the token cache ---------------------------------------------------------
 
 
 def encode(text: Text, cuts: list[int], meta: dict | None, cfg: Config):
     """(tokens, the number of tokens of each part between the byte offsets `cuts`, the
-    tokenizer, how often each token occurs in the training parts: the first and the third).
+    tokenizer, how often each token occurs in the first part: the training text).
 
-    A new run makes its tokenizer (`meta` None); a resumed one, evaluate and predict take
-    the checkpoint's. A large file's tokens are read from, or written to, the token cache.
+    A new run makes its tokenizer (`meta` None); a resumed one and evaluate take the
+    checkpoint's. A large file's tokens come from its token file, encoded first if needed.
     """
     if text.path is None or text.size <= CACHE_MIN_BYTES:
         tokenizer = load_tokenizer(meta) if meta else new_tokenizer(text, cuts, cfg)
         parts = []
-        lengths, counts = encode_text(text, cuts, tokenizer, lambda ids, _: parts.append(ids))
+        lengths, counts = encode_text(text, cuts, tokenizer, parts.append)
         dtype = np.uint8 if tokenizer.vocab_size <= 256 else np.uint16
         return np.concatenate(parts).astype(dtype, copy=False), lengths, tokenizer, counts
 
     folder = Path(cfg.train.output_dir) / ".token-cache"
-    signature = [CACHE_FORMAT, text.size, text.modified, cuts]
-    # The tokens a new run makes, and those of a checkpoint's tokenizer when it differs.
+    signature = [text.sha256(), cuts]
 {% block made %}
     made = [*signature, cfg.data.tokenizer, cfg.data.vocab_size]
 {% endblock %}
-    keys = [made] if meta is None else [made, [*signature, fingerprint(meta)]]
-    for key in keys:
-        name = cache_name(text.path, key)
-        try:
-            saved = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # not encoded yet, or not completely
-        if meta is None or fingerprint(saved["tokenizer"]) == fingerprint(meta):
-            tokens = TokenFile(folder / f"{name}.tokens", saved["dtype"], saved["size"])
-            return tokens, saved["lengths"], load_tokenizer(saved["tokenizer"]), saved["counts"]
-
-    tokenizer = load_tokenizer(meta) if meta else new_tokenizer(text, cuts, cfg)
+    key = made
+    if meta is not None:  # the file the run made at its start, if it has this tokenizer
+        found = open_cache(cache_path(folder, text.path, made), made, quiet=True)
+        if found and fingerprint(found[1]["tokenizer"]) == fingerprint(meta):
+            return found[0], found[1]["lengths"], load_tokenizer(meta), found[1]["counts"]
+        key = [*signature, fingerprint(meta)]
+    path = cache_path(folder, text.path, key)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        name = cache_name(text.path, keys[-1])
-        # Written under a temporary name, then renamed: processes that encode the same file
-        # at once (the ranks of a distributed run) never read a half-written one.
-        with temporary(folder / f"{name}.tokens") as partial:
-            with TokenWriter(partial) as writer:
-                lengths, counts = encode_text(text, cuts, tokenizer, writer)
-        saved = {
-            "dtype": np.dtype(writer.dtype).name,
-            "size": sum(lengths),
-            "lengths": lengths,
-            "tokenizer": tokenizer.meta(),
-            "counts": counts,
-        }
-        with temporary(folder / f"{name}.json") as partial:
-            partial.write_text(json.dumps(saved), encoding="utf-8")
+        # Every process takes the lock: the first encodes, the others then find the file.
+        with FileLock(path.with_suffix(".lock")):
+            found = open_cache(path, key)
+            if found is None:
+                tokenizer = load_tokenizer(meta) if meta else new_tokenizer(text, cuts, cfg)
+                write_cache(path, key, text, cuts, tokenizer)
+                found = open_cache(path, key)
     except OSError as error:
         raise DataError(
             f"cannot write the token cache {folder}: {error.strerror}; pick another --output-dir"
         ) from None
-    tokens = TokenFile(folder / f"{name}.tokens", saved["dtype"], saved["size"])
-    return tokens, lengths, tokenizer, counts
+    tokens, saved = found
+    return tokens, saved["lengths"], load_tokenizer(saved["tokenizer"]), saved["counts"]
 
 
-def encode_text(text: Text, cuts: list[int], tokenizer, write) -> tuple[list[int], list[int]]:
-    """Encode the parts of the text between the byte offsets `cuts`, a chunk at a time,
-    passing the ids to write(ids, vocab_size). Returns each part's number of tokens, and how
-    often each token occurs in the training parts (the first and the third)."""
+def encode_text(
+    text: Text, cuts: list[int], tokenizer, write: Callable[[np.ndarray], object]
+) -> tuple[list[int], list[int]]:
+    """Encode the parts of the text between the byte offsets `cuts` a chunk at a time,
+    passing the ids to write(ids). Returns each part's number of tokens, and how often each
+    token occurs in the first part (the training text)."""
     counts = torch.zeros(2**16, dtype=torch.long)
     lengths = []
     with text.open() as file:
@@ -480,10 +422,8 @@ def encode_text(text: Text, cuts: list[int], tokenizer, write) -> tuple[list[int
             lengths.append(0)
             for chunk in text.chunks(file, start, end):
                 ids = tokenizer.ids(chunk, where=str(text.path or "the built-in text"))
-                dtype = np.uint8 if tokenizer.vocab_size <= 256 else np.uint16
-                ids = ids.astype(dtype, copy=False)
-                write(ids, tokenizer.vocab_size)
-                if part != 1:  # torch counts uint8 and int32 fast, numpy neither
+                write(ids)
+                if part == 0:  # torch counts uint8 and int32 fast, numpy neither
                     small = ids if ids.dtype == np.uint8 else ids.astype(np.int32)
                     vocab = tokenizer.vocab_size
                     counts[:vocab] += torch.bincount(torch.from_numpy(small), minlength=vocab)
@@ -491,53 +431,101 @@ def encode_text(text: Text, cuts: list[int], tokenizer, write) -> tuple[list[int
     return lengths, counts[: tokenizer.vocab_size].tolist()
 
 
-class TokenWriter:
-    """Token ids appended to a file: uint8 while the vocabulary fits in a byte, then uint16."""
+class TokenFile:
+    """A token file's tokens, read a window at a time: the corpus never enters memory.
 
-    def __init__(self, path: Path):
-        self.path, self.dtype = path, np.uint8
-        self.file = path.open("wb")
+    Not a memory map: a map counts every page it has touched as this process's memory,
+    which random windows spread over the whole file in a long run. Each process reads
+    through a file of its own (loader processes too), so that their reads never mix.
+    """
 
-    def __call__(self, ids: np.ndarray, vocab_size: int) -> None:
-        if vocab_size > 256 and self.dtype == np.uint8:  # rewrite what is written, wider
-            self.file.close()
-            narrow = self.path.with_name(self.path.name + ".narrow")
-            os.replace(self.path, narrow)
-            self.file, self.dtype = self.path.open("wb"), np.uint16
-            with narrow.open("rb") as old:
-                while len(block := np.fromfile(old, dtype=np.uint8, count=CHUNK_BYTES)):
-                    block.astype(np.uint16).tofile(self.file)
-            narrow.unlink()
-        ids.astype(self.dtype, copy=False).tofile(self.file)
+    def __init__(self, path: Path, itemsize: int, length: int):
+        self.path, self.length = path, length
+        self.dtype = np.dtype(np.uint8 if itemsize == 1 else np.uint16)
+        self.file, self.opened_by = None, None
 
-    def __enter__(self) -> TokenWriter:
-        return self
+    def __len__(self) -> int:
+        return self.length
 
-    def __exit__(self, *exc_info) -> None:
-        self.file.close()
+    def __getitem__(self, window: slice) -> np.ndarray:
+        start, stop, _ = window.indices(self.length)
+        if self.opened_by != os.getpid():
+            self.file, self.opened_by = self.path.open("rb"), os.getpid()
+        self.file.seek(HEADER.size + start * self.dtype.itemsize)
+        return np.frombuffer(self.file.read((stop - start) * self.dtype.itemsize), self.dtype)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "file": None, "opened_by": None}
 
 
-@contextlib.contextmanager
-def temporary(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path`, renamed to it when the block succeeds, else removed."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def cache_path(folder: Path, text_path: Path, key: list) -> Path:
+    return folder / f"{text_path.name}.{digest(key).hex()[:16]}.tokens"
+
+
+def digest(key: list) -> bytes:
+    """A hash of what a token file's tokens depend on."""
+    return hashlib.sha256(json.dumps(key).encode()).digest()
+
+
+def open_cache(path: Path, key: list, quiet: bool = False):
+    """(tokens, the trailer) of the token file of `key`, or None when there is none or it
+    fails a check: then it is treated as absent, with a note (unless quiet)."""
     try:
-        yield partial
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            magic, made_for, length, itemsize, trailer = HEADER.unpack(file.read(HEADER.size))
+            expected = HEADER.size + length * itemsize + trailer
+            if magic != MAGIC or made_for != digest(key) or itemsize not in (1, 2):
+                problem = "its header does not match this text and settings"
+            elif size != expected:
+                problem = f"it holds {size:,} bytes, its header says {expected:,}"
+            else:
+                file.seek(HEADER.size + length * itemsize)
+                return TokenFile(path, itemsize, length), json.loads(file.read(trailer))
+    except FileNotFoundError:
+        return None
+    except (OSError, struct.error, ValueError) as error:
+        problem = f"it cannot be read ({error})"
+    if not quiet:
+        log.info(f"{path} is damaged or stale ({problem}): encoding the text again")
+    return None
+
+
+def write_cache(path: Path, key: list, text: Text, cuts: list[int], tokenizer) -> None:
+    """Encode the text into the token file `path`: the tokens written as uint16 (a char
+    tokenizer learns its size on the way), narrowed to uint8 when the vocabulary fits a
+    byte, the header written last, all under a temporary name renamed at the end."""
+    for stale in path.parent.glob("*.tmp"):  # left by builds that were killed
+        try:
+            with FileLock(stale.with_suffix(".lock"), timeout=0):
+                stale.unlink(missing_ok=True)
+        except Timeout:
+            pass  # being written now, by a process that holds its lock
+    partial = path.with_suffix(".tmp")
+    try:
+        with partial.open("w+b") as file:
+            file.write(bytes(HEADER.size))  # zeros until the tokens are all there
+
+            def write(ids: np.ndarray) -> None:
+                file.write(ids.astype(np.uint16).tobytes())
+
+            lengths, counts = encode_text(text, cuts, tokenizer, write)
+            length, itemsize = sum(lengths), 1 if tokenizer.vocab_size <= 256 else 2
+            if itemsize == 1:  # narrowed in place: each block lands before where it was read
+                for start in range(0, length, CHUNK_BYTES):
+                    file.seek(HEADER.size + 2 * start)
+                    block = np.frombuffer(file.read(2 * CHUNK_BYTES), dtype=np.uint16)
+                    file.seek(HEADER.size + start)
+                    file.write(block.astype(np.uint8).tobytes())
+                file.truncate(HEADER.size + length)
+            trailer = {"lengths": lengths, "tokenizer": tokenizer.meta(), "counts": counts}
+            file.seek(0, os.SEEK_END)
+            written = file.write(json.dumps(trailer).encode())
+            file.seek(0)
+            file.write(HEADER.pack(MAGIC, digest(key), length, itemsize, written))
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-        partial.with_name(partial.name + ".narrow").unlink(missing_ok=True)
-
-
-def cache_name(path: Path, key: list) -> str:
-    """The file's name and a digest of what its tokens depend on."""
-    return f"{path.name}.{hashlib.sha1(json.dumps(key).encode()).hexdigest()[:16]}"
-
-
-def fingerprint(meta: dict) -> str:
-    """A tokenizer's identity, from the metadata that describes it."""
-    described = meta["bpe"] if meta["tokenizer"] == "bpe" else meta["chars"]
-    return f"{meta['tokenizer']}-{hashlib.sha1(described.encode()).hexdigest()}"
 
 
 def make_text(seed: int, sentences: int = 1500) -> str:
@@ -566,8 +554,8 @@ def predict(
 ) -> list[str]:
     """Each prompt continued by max_new_tokens sampled tokens (seeded, so repeatable); a
     line of dashes between the samples, as nanoGPT's sample.py prints them."""
-    if max_new_tokens < 0 or temperature <= 0 or (top_k is not None and top_k < 1):
-        raise UserError(
+    if max_new_tokens < 0 or not 0 < temperature < math.inf or (top_k is not None and top_k < 1):
+        raise DataError(
             "predict needs --max-new-tokens 0 or more, --temperature above 0 and --top-k 1 "
             f"or more; got {max_new_tokens}, {temperature} and {top_k}"
         )

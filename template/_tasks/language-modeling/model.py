@@ -18,7 +18,6 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.text import Perplexity
 
 from .config import Config
-from .plumbing import ConfigError
 {% endblock %}
 
 MONITOR, MONITOR_MODE = "val/loss", "min"  # the best checkpoint has the lowest loss
@@ -103,8 +102,6 @@ class GPT(nn.Module):
 
 
 def build_model(cfg: Config, meta: dict) -> GPT:
-    if cfg.model.n_embd % cfg.model.n_head:
-        raise ConfigError("model.n_embd must be a multiple of model.n_head")
     return GPT(
         vocab_size=meta["vocab_size"],
         block_size=meta["block_size"],

@@ -1,10 +1,10 @@
 """Data for tabular regression: a built-in table, or your CSV file of numbers and text.
 
-Your data: a CSV file with a header; the column named `target` (or --target NAME) is
+Your data: a CSV file with a header; the column named `target` (or data.target) is
 predicted from the others. Each column's kind comes from the data: a column of numbers is
 a numeric input, a column of text a categorical one, and a column that cannot help (an id,
 a constant) is ignored; data.categorical and data.ignore override. Blank cells are allowed.
-The schema (kinds, categories, medians, scaling) comes from the training rows, is printed
+The schema (kinds, categories, medians, scaling) comes from the training rows, is logged
 once and saved with the checkpoint: evaluate, predict and export encode rows with it.
 
 pyarrow reads the file (a million rows in seconds, where the standard library's csv module
@@ -15,7 +15,9 @@ columns whose cells are all numbers become numbers.
 from __future__ import annotations
 
 import csv
-import sys
+import logging
+import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +28,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .config import Config
-from .plumbing import UserError
-from .plumbing.hardware import global_rank
-from .plumbing.splits import split_indices
+
+log = logging.getLogger(__name__)
 
 # The index of each categorical input: OTHER for a category seen on fewer than
 # data.min_category_count training rows or never seen in training, MISSING for a blank
@@ -40,8 +41,8 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 NUMBER = r"(?i)^[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|nan|inf|infinity)$"
 
 
-class DataError(UserError):
-    """Missing, empty or malformed data; the message names the file and the fix."""
+class DataError(Exception):
+    """Missing, empty or malformed data; the message names the file, line or column and the fix."""
 
 
 class Rows(Dataset):
@@ -64,7 +65,7 @@ class Rows(Dataset):
 def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Dataset, dict]:
     """Training and validation sets, and the schema the model needs.
 
-    Without `meta`, the schema is inferred from the training rows and printed; a
+    Without `meta`, the schema is inferred from the training rows and logged; a
     checkpoint's `meta` is reused, so that its validation split is encoded as in training.
     """
     target = meta["target"] if meta else cfg.data.target
@@ -72,66 +73,54 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
         where, table = "the built-in table", make_table(2000, cfg.train.seed, target)
     else:
         where = cfg.data.path
-        columns = None if meta is None else [*meta["numeric"], *meta["categorical"]]
-        table = read_table(Path(where), target, columns)
-    y, rows, skipped = numeric_target(table, target, where)
-    table = table.filter(pa.array(~np.isnan(y))) if skipped else table
-    y = y[rows]
+        inputs = meta and [*meta["numeric"], *meta["categorical"]]
+        table = read_table(Path(where), target, inputs)
+    table, y, rows = rows_with_target(table, target, where)
     if len(y) < 4:
         raise DataError(
             f"{where} has too few rows ({len(y)}); tabular-regression needs at least 4 "
             "(two to train on, two to validate)"
         )
-    # Two rows at least on each side: R2 needs two to validate, the scaling two to train.
-    train_rows, val_rows = split_indices(len(y), cfg, min_val=2)
-    if len(train_rows) < 2:
+    train_rows, val_rows = split_indices(len(y), cfg)
+    if len(val_rows) < 2:  # R2 needs two rows to validate
+        train_rows, val_rows = train_rows[:-1], train_rows[-1:] + val_rows
+    if len(train_rows) < 2:  # the scaling needs two to train on
         raise DataError(
-            f"{where}: --val-split {cfg.data.val_split} leaves fewer than two rows to "
+            f"{where}: data.val_split {cfg.data.val_split} leaves fewer than two rows to "
             "train on; lower it"
         )
-    converted = None  # the columns infer_schema converted already
+    train_rows, val_rows = np.array(train_rows), np.array(val_rows)  # fast to index with
+    floats = None  # the numeric columns as numbers, when infer_schema converted them
     if meta is None:
         if (y == y[0]).all():
             raise DataError(
                 f"{where}: column '{target}' has the same value, {y[0]:g}, on every row: "
-                "there is nothing to learn; is it the right --target?"
+                "there is nothing to learn; is it the right data.target?"
             )
-        meta, converted = infer_schema(table, target, y, rows, train_rows.numpy(), cfg, where)
-        if global_rank() == 0:
-            if skipped:
-                print(f"skipped {skipped} rows of {where} with a blank '{target}'")
-            print(describe_schema(meta))
-    numeric, categorical = encode(table, meta, where, rows, converted)
+        meta, floats = infer_schema(table, y[train_rows], rows, train_rows, cfg, where)
+        log.info(describe_schema(meta))
+    numeric, categorical = encode(table, meta, where, rows, floats)
     targets = torch.from_numpy(y.astype(np.float32))
-    return (
-        Rows(numeric[train_rows], categorical[train_rows], targets[train_rows]),
-        Rows(numeric[val_rows], categorical[val_rows], targets[val_rows]),
-        meta,
-    )
+    train, val = (Rows(numeric[i], categorical[i], targets[i]) for i in (train_rows, val_rows))
+    return train, val, meta
 
 
 def load_dataset(path: str | Path, cfg: Config, meta: dict) -> Dataset:
     """Every row of a CSV file that has a target, for `evaluate --data`."""
     target = meta["target"]
     table = read_table(Path(path), target, [*meta["numeric"], *meta["categorical"]])
-    y, rows, skipped = numeric_target(table, target, path)
-    if len(rows) < 2:
-        raise DataError(f"{path} has {len(rows)} row with a '{target}'; R2 needs at least two")
-    if skipped:
-        table = table.filter(pa.array(~np.isnan(y)))
-        print(f"skipped {skipped} rows of {path} with a blank '{target}'", file=sys.stderr)
+    table, y, rows = rows_with_target(table, target, path)
+    if len(y) < 2:
+        raise DataError(f"{path} has {len(y)} row with a '{target}'; R2 needs at least two")
     numeric, categorical = encode(table, meta, path, rows)
-    return Rows(numeric, categorical, torch.from_numpy(y[rows].astype(np.float32)))
+    return Rows(numeric, categorical, torch.from_numpy(y.astype(np.float32)))
 
 
-# --- reading a CSV file ------------------------------------------------------------------
+# --- reading a CSV file ---------------------------------------------------------------------
 
 
 def read_table(
-    path: Path,
-    target: str,
-    columns: list[str] | None = None,
-    need_target: bool = True,
+    path: Path, target: str, columns: list[str] | None = None, need_target: bool = True
 ) -> pa.Table:
     """The cells of a CSV file as text (None for a blank cell), one column each.
 
@@ -143,14 +132,19 @@ def read_table(
         if path.exists() and not path.is_dir():  # a named pipe, a device...
             problem = "is not a regular file (a named pipe, a device...)"
         raise DataError(f"{path} {problem}; tabular-regression expects a CSV file")
-    header = read_header(path)
+    try:
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name.
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            header = next(csv.reader(file), [])
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path} is not a readable UTF-8 CSV file ({error})") from None
     twice = sorted({name for name in header if header.count(name) > 1})
     if twice:
         raise DataError(f"{path}: the header names column {twice[0]!r} twice; rename one")
     if need_target and target not in header:
         raise DataError(
-            f"{path}: expected a CSV with a '{target}' column to predict (or pass --target NAME); "
-            f"got columns {','.join(header) or '(none)'}"
+            f"{path}: expected a CSV with a '{target}' column to predict (or set "
+            f"data.target=NAME); got columns {','.join(header) or '(none)'}"
         )
     if columns is None:
         columns = [name for name in header if need_target or name != target]
@@ -177,7 +171,7 @@ def read_table(
             newlines = pa_csv.ParseOptions(newlines_in_values=True)
             table = pa_csv.read_csv(path, parse_options=newlines, convert_options=options)
     except pa.ArrowInvalid as error:
-        raise locate_problem(path, header, error) from None
+        raise locate_problem(path, len(header), error) from None
     except OSError as error:
         raise DataError(f"cannot read {path}: {error.strerror or error}") from None
     if table.num_rows == 0:
@@ -185,112 +179,94 @@ def read_table(
     return table
 
 
-def read_header(path: Path) -> list[str]:
-    try:
-        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name.
-        with path.open(newline="", encoding="utf-8-sig") as file:
-            return next(csv.reader(file), [])
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"{path} is not a readable UTF-8 CSV file ({error})") from None
-    except OSError as error:
-        raise DataError(f"cannot read {path}: {error.strerror}") from None
+def csv_rows(path: str | Path) -> Iterator[tuple[int, list[str]]]:
+    """(the line it starts on, its cells) for each row after the header, read by the csv
+    module: slow, but it knows the lines that pyarrow's errors and rows do not name."""
+    with Path(path).open(newline="", encoding="utf-8-sig") as file:
+        reader = csv.reader(file)
+        next(reader, None)
+        start = reader.line_num + 1
+        for cells in reader:
+            if cells:  # pyarrow skips empty lines too
+                yield start, cells
+            start = reader.line_num + 1
 
 
-def locate_problem(path: Path, header: list[str], error: Exception) -> DataError:
-    """The one-line error for a file that pyarrow refused: the csv module finds the line."""
+def locate_problem(path: Path, width: int, error: Exception) -> DataError:
+    """The one-line error for a file that pyarrow refused, naming the line."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as file:
-            reader = csv.reader(file)
-            next(reader)
-            for row in reader:
-                if row and len(row) != len(header):
-                    fix = (
-                        "quote values that contain commas"
-                        if len(row) > len(header)
-                        else "every row needs a value in each column (blank ones may be empty)"
-                    )
-                    return DataError(
-                        f"{path}: line {reader.line_num} has {len(row)} fields, the header "
-                        f"{len(header)}; {fix}"
-                    )
+        for line, cells in csv_rows(path):
+            if len(cells) != width:
+                fix = (
+                    "quote values that contain commas"
+                    if len(cells) > width
+                    else "every row needs a value in each column (blank ones may be empty)"
+                )
+                return DataError(
+                    f"{path}: line {line} has {len(cells)} fields, the header {width}; {fix}"
+                )
     except (UnicodeDecodeError, csv.Error) as problem:
         return DataError(f"{path} is not a readable UTF-8 CSV file ({problem})")
     return DataError(f"{path} is not a readable CSV file ({str(error).splitlines()[0]})")
 
 
-def line_of(path: str | Path | None, row: int) -> int:
+def line_of(where: str | Path, row: int) -> int:
     """The line of the file where data row `row` (0 for the first) starts."""
-    if path is None or not Path(path).is_file():
-        return row + 2
-    with Path(path).open(newline="", encoding="utf-8-sig") as file:
-        reader = csv.reader(file)
-        next(reader)
-        start = reader.line_num + 1
-        seen = 0
-        for fields in reader:
-            if fields:
-                if seen == row:
-                    return start
-                seen += 1
-            start = reader.line_num + 1
-    return row + 2
+    if Path(where).is_file():
+        for i, (line, _) in enumerate(csv_rows(where)):
+            if i == row:
+                return line
+    return row + 2  # the built-in table: a line a row after the header
 
 
 # --- numbers --------------------------------------------------------------------------------
 
 
-def numeric_target(table: pa.Table, target: str, where) -> tuple[np.ndarray, np.ndarray, int]:
-    """The target as numbers (NaN when blank), the rows that have one, and how many don't."""
+def rows_with_target(
+    table: pa.Table, target: str, where
+) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """The rows that have a target (a blank one is skipped, and counted): the table, the
+    targets as numbers, and the rows' places in the file (for the line of an error)."""
     column = table[target]
-    values = to_float(column)
-    if values is None and not mostly_numbers(column):
+    if not looks_numeric(column):
         i = first_refused(column)
         raise DataError(
             f"{where}: column '{target}' holds text ({column[i].as_py()!r} on line "
-            f"{line_of(where, i)}), and tabular-regression predicts numbers: pass --target "
-            "with a column of numbers"
+            f"{line_of(where, i)}), and tabular-regression predicts numbers: set data.target "
+            "to a column of numbers"
         )
-    y = numbers(column, target, where, np.arange(len(column)), values)
+    y = numbers(column, target, where, np.arange(len(column)))
     rows = np.flatnonzero(~np.isnan(y))
-    return y, rows, len(y) - len(rows)
+    if len(rows) < len(y):
+        log.info(f"skipped {len(y) - len(rows)} rows of {where} with a blank '{target}'")
+        table = table.take(rows)
+    return table, y[rows], rows
 
 
-def to_float(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
-    """The column as float64 (blanks stay null), or None when a cell is not a number."""
-    try:
-        return pc.cast(column, pa.float64())
-    except pa.ArrowInvalid:
-        return None
-
-
-def mostly_numbers(column: pa.ChunkedArray) -> bool:
-    """Whether most non-blank cells are numbers: then the column is one of numbers with a
-    stray word (an error to fix), not of categories. Judged on 10,000 cells at most."""
+def looks_numeric(column: pa.ChunkedArray) -> bool:
+    """Whether most non-blank cells are numbers (judged on 10,000 cells at most): then the
+    column is one of numbers, where a stray word is an error to fix, not of categories."""
     if len(column) > 10_000:
         column = column.take(np.linspace(0, len(column) - 1, 10_000).astype(np.int64))
     cells = pc.drop_null(column)
     numbers = pc.sum(pc.match_substring_regex(cells, NUMBER)).as_py() or 0
-    return numbers * 2 > len(cells)
+    return len(cells) == 0 or numbers * 2 > len(cells)
 
 
 def numbers(
-    column: pa.ChunkedArray,
-    name: str,
-    where,
-    rows: np.ndarray,
-    values: pa.ChunkedArray | None = None,
-    hint: str = "",
+    column: pa.ChunkedArray, name: str, where, rows: np.ndarray, hint: str = ""
 ) -> np.ndarray:
     """A column of numbers as float64, NaN for blank cells; a cell that is not a number,
-    not finite, or beyond float32's range is an error naming its line. `values`: the
-    column converted by to_float already; `hint`: the error's last words."""
-    values = to_float(column) if values is None else values
-    if values is None:
+    not finite, or beyond float32's range is an error naming its line (`rows`: each row's
+    place in the file) and column, ending with `hint`."""
+    try:
+        values = pc.cast(column, pa.float64())  # blank cells stay null
+    except pa.ArrowInvalid:
         i = first_refused(column)
         raise DataError(
             f"{where}: line {line_of(where, rows[i])}, column '{name}': {column[i].as_py()!r} "
             f"is not a number; fix the cell (leave it blank if the value is unknown){hint}"
-        )
+        ) from None
     array = pc.fill_null(values, np.nan).to_numpy(zero_copy_only=False)  # NaN: a blank cell
     # A NaN that was not a blank cell, an infinity, or a number beyond float32's range.
     if np.isnan(array).sum() > values.null_count or (np.abs(array) > FLOAT32_MAX).any():
@@ -323,20 +299,19 @@ def first_refused(column: pa.ChunkedArray) -> int:
 
 def infer_schema(
     table: pa.Table,
-    target: str,
-    y: np.ndarray,
+    y_train: np.ndarray,
     rows: np.ndarray,
     train_rows: np.ndarray,
     cfg: Config,
     where,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Each column's kind and encoding, from the training rows: the checkpoint's `meta`;
-    and the columns it converted on the way, for encode.
+    and the numeric columns as numbers, which encode need not convert again.
 
     Plain lists and numbers only in `meta`: it is saved in the checkpoint and, by
     `export`, as JSON.
     """
-    d = cfg.data
+    d, target = cfg.data, cfg.data.target
     for setting, names in (("data.categorical", d.categorical), ("data.ignore", d.ignore)):
         for name in names:
             if name == target:
@@ -346,81 +321,70 @@ def infer_schema(
                     f"{setting} lists '{name}', which is not a column of {where} "
                     f"(its columns: {', '.join(table.column_names)})"
                 )
-    if d.min_category_count < 1:
-        raise DataError("data.min_category_count must be at least 1")
     meta: dict = {"target": target, "numeric": [], "categorical": {}, "ignored": {}}
-    stats: dict[str, list] = {"median": [], "mean": [], "std": []}
     meta["indicators"] = []  # numeric columns with blanks in the training rows: a 0/1 input each
-    converted = {}
+    stats: dict[str, list] = {"median": [], "mean": [], "std": []}
+    floats = {}
     for name in table.column_names:
+        column = table[name]
         if name == target:
             continue
         if name in d.ignore:
             meta["ignored"][name] = "data.ignore"
-            continue
-        if not name.strip():
+        elif not name.strip():
             meta["ignored"][name] = "no name in the header, like the index pandas writes"
-            continue
-        column = table[name]
-        values = None if name in d.categorical else to_float(column)
-        if values is not None or (name not in d.categorical and mostly_numbers(column)):
+        elif name not in d.categorical and looks_numeric(column):
             hint = f", or list '{name}' in data.categorical"
-            values = converted[name] = numbers(column, name, where, rows, values, hint)
-            train = values[train_rows]
+            floats[name] = numbers(column, name, where, rows, hint)
+            train = floats[name][train_rows]
             blank = np.isnan(train)
-            reason = None
             if blank.all():
-                reason = "blank on every training row"
-            elif not blank.any() and np.nanmin(train) == np.nanmax(train):
-                reason = "the same value on every training row"
-            if reason:
-                meta["ignored"][name] = reason
-                continue
-            median = float(np.nanmedian(train))
-            filled = np.where(blank, median, train)
-            meta["numeric"].append(name)
-            stats["median"].append(median)
-            stats["mean"].append(float(filled.mean()))
-            stats["std"].append(max(float(filled.std(ddof=1)), 1e-6))
-            if blank.any():
-                meta["indicators"].append(name)
+                meta["ignored"][name] = "blank on every training row"
+            elif not blank.any() and train.min() == train.max():
+                meta["ignored"][name] = "the same value on every training row"
+            else:
+                median = float(np.nanmedian(train))
+                filled = np.where(blank, median, train)
+                meta["numeric"].append(name)
+                stats["median"].append(median)
+                stats["mean"].append(float(filled.mean()))
+                stats["std"].append(max(float(filled.std(ddof=1)), 1e-6))
+                if blank.any():
+                    meta["indicators"].append(name)
         else:
-            categories, reason, encoded = pick_categories(column, train_rows, d.min_category_count)
+            categories, reason = pick_categories(column, train_rows, d.min_category_count)
             if reason:
                 meta["ignored"][name] = reason
             else:
                 meta["categorical"][name] = categories
-                converted[name] = category_indices(encoded, categories)
     if not meta["numeric"] and not meta["categorical"]:
         ignored = "; ".join(f"{name}: {why}" for name, why in meta["ignored"].items())
         raise DataError(
             f"{where}: no input column is left ({ignored or 'none but the target'}); "
             "shorten data.ignore, or lower data.min_category_count"
         )
-    y_train = y[train_rows]
     scale = {"y_mean": float(y_train.mean()), "y_std": max(float(y_train.std(ddof=1)), 1e-6)}
-    return {**meta, **stats, **scale}, converted
+    return {**meta, **stats, **scale}, floats
 
 
 def pick_categories(
     column: pa.ChunkedArray, train_rows: np.ndarray, min_count: int
-) -> tuple[list[str], str | None, pa.DictionaryArray | None]:
-    """The categories on at least min_count training rows, sorted, or why the column is
-    ignored instead; and the column dictionary-encoded, for category_indices."""
+) -> tuple[list[str], str | None]:
+    """The categories on at least min_count training rows, sorted; or why the column is
+    ignored instead."""
     if pc.count_distinct(column).as_py() == len(column) - column.null_count:
-        return [], "a different value on every row", None
-    encoded = pc.dictionary_encode(column).combine_chunks()
-    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)[train_rows]
-    counts = np.bincount(codes[codes >= 0], minlength=len(encoded.dictionary))
-    if not counts.any():
-        return [], "blank on every training row", None
-    if counts.max() == len(codes):
-        return [], "the same value on every training row", None
-    kept = sorted(encoded.dictionary.take(np.flatnonzero(counts >= min_count)).to_pylist())
+        return [], "a different value on every row"
+    train = column.take(train_rows)
+    counts = pc.value_counts(pc.drop_null(train))
+    if len(counts) == 0:
+        return [], "blank on every training row"
+    if len(counts) == 1 and train.null_count == 0:
+        return [], "the same value on every training row"
+    frequent = pc.greater_equal(counts.field("counts"), min_count)
+    kept = sorted(counts.field("values").filter(frequent).to_pylist())
     if not kept:
-        reason = f"no value on {min_count} or more training rows: data.min_category_count"
-        return [], reason, None
-    return kept, None, encoded
+        return [], f"no value on {min_count} or more training rows: data.min_category_count"
+    return kept, None
 
 
 def describe_schema(meta: dict) -> str:
@@ -440,40 +404,30 @@ def describe_schema(meta: dict) -> str:
 
 
 def encode(
-    table: pa.Table,
-    meta: dict,
-    where,
-    rows: np.ndarray | None = None,
-    converted: dict[str, np.ndarray] | None = None,
+    table: pa.Table, meta: dict, where, rows: np.ndarray | None = None, floats: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's inputs: numbers (n, numeric) with NaN for blanks, and category indices
     (n, categorical). `rows` are the rows' places in the file, for the line of an error;
-    `converted`, columns converted already (by infer_schema)."""
+    `floats`, numeric columns converted already."""
     rows = np.arange(table.num_rows) if rows is None else rows
-    converted = converted or {}
     numeric = np.empty((table.num_rows, len(meta["numeric"])), dtype=np.float32)
     for j, name in enumerate(meta["numeric"]):
-        found = converted.get(name)
+        found = (floats or {}).get(name)
         numeric[:, j] = numbers(table[name], name, where, rows) if found is None else found
     categorical = np.empty((table.num_rows, len(meta["categorical"])), dtype=np.int64)
     for j, (name, categories) in enumerate(meta["categorical"].items()):
-        found = converted.get(name)
-        categorical[:, j] = category_indices(table[name], categories) if found is None else found
+        categorical[:, j] = category_indices(table[name], categories)
     return torch.from_numpy(numeric), torch.from_numpy(categorical)
 
 
-def category_indices(
-    column: pa.ChunkedArray | pa.DictionaryArray, categories: list[str]
-) -> np.ndarray:
+def category_indices(column: pa.ChunkedArray, categories: list[str]) -> np.ndarray:
     """Each cell's category index: MISSING when blank, OTHER when not one of `categories`."""
-    encoded = column
-    if not isinstance(column, pa.DictionaryArray):
-        encoded = pc.dictionary_encode(column).combine_chunks()
-    index = {value: i + 2 for i, value in enumerate(categories)}
-    lookup = [index.get(value, OTHER) for value in encoded.dictionary.to_pylist()]
-    lookup = np.array([*lookup, MISSING], dtype=np.int64)  # the last one: blank cells
-    codes = encoded.indices.fill_null(len(lookup) - 1).to_numpy(zero_copy_only=False)
-    return lookup[codes]
+    found = pc.index_in(column, value_set=pa.array(categories, pa.string()))
+    indices = pc.fill_null(found, OTHER - 2).to_numpy(zero_copy_only=False) + 2
+    return np.where(column.is_null().to_numpy(zero_copy_only=False), MISSING, indices)
+
+
+{% include "template/_shared/split.py" %}
 
 
 # --- the built-in table ---------------------------------------------------------------------
@@ -505,8 +459,8 @@ def make_table(n: int, seed: int, target: str = "target") -> pa.Table:
 
 
 def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[dict]:
-    """A row for each row of each CSV file: its input columns as written (and the target,
-    when the file has it), then the prediction (the target column may be absent)."""
+    """A row for each row of each CSV file: its input columns as written, then the
+    prediction (the target column may be absent)."""
     rows = []
     for path in inputs:
         columns = [*meta["numeric"], *meta["categorical"]]

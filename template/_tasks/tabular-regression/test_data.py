@@ -1,9 +1,12 @@
 """Tabular regression's data: your CSV of numbers and text, its schema, and clear errors."""
 
+import logging
+
 import pytest
 import torch
 
-from {{ package_name }}.data import (
+from {{ package_name }}.config import Config, DataConfig
+from {{ package_name }}.data import (  # one name a line: the package name may be long
     MISSING,
     OTHER,
     DataError,
@@ -12,7 +15,6 @@ from {{ package_name }}.data import (
     predict,
 )
 from {{ package_name }}.model import build_model
-from {{ package_name }}.plumbing.settings import load_config
 
 
 def write_csv(path, header, rows):
@@ -21,8 +23,7 @@ def write_csv(path, header, rows):
 
 
 def datasets(path, **settings):
-    overrides = {"data.path": str(path), **{f"data.{k}": v for k, v in settings.items()}}
-    return build_datasets(load_config(overrides=overrides))
+    return build_datasets(Config(data=DataConfig(path=str(path), **settings)))
 
 
 def test_a_csv_of_numbers_loads_with_any_target_name(tmp_path):
@@ -48,7 +49,8 @@ def mixed_table(tmp_path, n=60):
     return write_csv(tmp_path / "mixed.csv", header, rows)
 
 
-def test_column_kinds_come_from_the_training_rows_and_are_printed_once(tmp_path, capsys):
+def test_column_kinds_come_from_the_training_rows_and_are_logged_once(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     train, val, meta = datasets(mixed_table(tmp_path), target="y")
     assert meta["numeric"] == ["size", "flag"]  # flag: two values, still numeric
     assert meta["indicators"] == ["size"]  # size has blanks: a 0/1 input says which
@@ -59,7 +61,7 @@ def test_column_kinds_come_from_the_training_rows_and_are_printed_once(tmp_path,
         "one": "the same value on every training row",
     }
     assert len(train) + len(val) == 58  # the rows with a blank target are skipped
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert "skipped 2 rows of" in printed
     assert "inputs: 2 numeric (1 with blanks, filled with the median), 1 categorical" in printed
     assert "ignored: '' (no name in the header" in printed
@@ -68,7 +70,7 @@ def test_column_kinds_come_from_the_training_rows_and_are_printed_once(tmp_path,
 
 def test_overrides_blanks_and_unseen_categories(tmp_path):
     path = mixed_table(tmp_path)
-    _, _, meta = datasets(path, target="y", categorical=["flag"], ignore="size")
+    _, _, meta = datasets(path, target="y", categorical=["flag"], ignore=["size"])
     assert meta["categorical"]["flag"] == ["0", "1"] and meta["ignored"]["size"] == "data.ignore"
     _, _, meta = datasets(path, target="y", min_category_count=1)
     assert "violet" in meta["categorical"]["colour"]
@@ -76,14 +78,24 @@ def test_overrides_blanks_and_unseen_categories(tmp_path):
     # is NaN, for the model to fill in.
     rows = write_csv(tmp_path / "new.csv", ["colour", "size", "flag", "y"], [("pink", "", 1, 3)])
     rows.write_text(rows.read_text() + ",2,0,4\n")
-    dataset = load_dataset(rows, load_config(), meta)
+    dataset = load_dataset(rows, Config(), meta)
     (numeric, categorical), _ = dataset[0]
     assert torch.isnan(numeric[0]) and categorical.tolist() == [OTHER]
     assert dataset[1][0][1].tolist() == [MISSING]
 
 
+def test_a_checkpoints_schema_encodes_the_validation_split_as_in_training(tmp_path):
+    path = mixed_table(tmp_path)
+    _, val, meta = datasets(path, target="y")
+    # On resume and by evaluate: the checkpoint's target, columns and categories.
+    _, again, _ = build_datasets(Config(data=DataConfig(path=str(path))), meta)
+    assert torch.equal(val.categorical, again.categorical)
+    assert torch.equal(val.targets, again.targets)
+    assert torch.allclose(val.numeric, again.numeric, equal_nan=True)
+
+
 def test_predict_reads_rows_without_the_target(tmp_path):
-    cfg = load_config()
+    cfg = Config()
     _, _, meta = build_datasets(cfg)
     model = build_model(cfg, meta).eval()
     columns = [*meta["numeric"], *meta["categorical"]]

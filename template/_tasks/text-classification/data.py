@@ -11,6 +11,7 @@ from __future__ import annotations
 
 {% block imports %}
 import csv
+import logging
 import math
 import re
 from collections import Counter
@@ -20,11 +21,11 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from .config import Config
-from .plumbing import UserError
-from .plumbing.splits import split_indices
 
 PAD, UNK = "<pad>", "<unk>"
 {% endblock %}
+log = logging.getLogger(__name__)
+
 TOPICS = {
     "sports": "match team goal coach player season league score win stadium",
     "food": "recipe dinner bread cheese soup spicy bake lunch kitchen sauce",
@@ -34,7 +35,7 @@ TOPICS = {
 FILLER = "the a of and to in is it that was for on with as this at by from today really very"
 
 
-class DataError(UserError):
+class DataError(Exception):
     """Missing, empty or malformed data; the message names the file and the fix."""
 
 
@@ -49,7 +50,7 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
         texts, labels = make_sentences(2000, cfg.train.seed)
     else:
         texts, labels = read_csv(Path(cfg.data.path))
-    train_rows, val_rows = (rows.tolist() for rows in split_indices(len(texts), cfg, labels))
+    train_rows, val_rows = split_indices(len(texts), cfg, labels)
     if meta is None:
         names = sorted(set(labels))
         if len(names) < 2:
@@ -57,6 +58,10 @@ def build_datasets(cfg: Config, meta: dict | None = None) -> tuple[Dataset, Data
                 f"{cfg.data.path}: every row has the label {names[0]!r}; a classifier needs "
                 "at least two labels to tell apart"
             )
+        log.info(
+            f"{cfg.data.path or 'the built-in sentences'}: {len(texts):,} texts of "
+            f"{len(names)} labels, {len(val_rows):,} of them held out for validation"
+        )
         counts = Counter(labels[i] for i in train_rows)
 {% block meta %}
         vocab, idf = build_vocab([texts[i] for i in train_rows], cfg.data.max_vocab)
@@ -159,6 +164,9 @@ def encode_rows(texts: list[str], labels: list[str], meta: dict) -> TensorDatase
         raise DataError(f"labels {unknown} are not among the trained ones {meta['labels']}")
     targets = torch.tensor([label_index[label] for label in labels], dtype=torch.long)
     return TensorDataset(encode(texts, meta), targets)
+
+
+{% include "template/_shared/split.py" %}
 
 
 def make_sentences(n: int, seed: int) -> tuple[list[str], list[str]]:

@@ -2,9 +2,14 @@
 
 import pytest
 
+from {{ package_name }}.config import Config, DataConfig
 from {{ package_name }}.data import DataError, build_datasets, predict
 from {{ package_name }}.model import build_model
-from {{ package_name }}.plumbing.settings import load_config
+
+
+def config(**data):
+    """The default settings, with these of the data section (path=...)."""
+    return Config(data=DataConfig(**data))
 
 
 def write_csv(path, rows):
@@ -14,7 +19,7 @@ def write_csv(path, rows):
 
 def test_a_csv_of_text_and_label_loads(tmp_path):
     rows = [("what a great film", "pos"), ("dull and slow", "neg")] * 5
-    cfg = load_config(overrides={"data.path": str(write_csv(tmp_path / "reviews.csv", rows))})
+    cfg = config(path=str(write_csv(tmp_path / "reviews.csv", rows)))
     train, val, meta = build_datasets(cfg)
     assert meta["labels"] == ["neg", "pos"]
     assert "great" in meta["vocab"]
@@ -24,7 +29,7 @@ def test_a_csv_of_text_and_label_loads(tmp_path):
 
 
 def test_predict_names_a_label(tmp_path):
-    cfg = load_config()
+    cfg = config()
     _, _, meta = build_datasets(cfg)
     model = build_model(cfg, meta).eval()
     (row,) = predict(model, ["the coach saw a goal"], meta)
@@ -49,27 +54,34 @@ def test_predict_names_a_label(tmp_path):
 
 def test_bad_data_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        build_datasets(load_config(overrides={"data.path": str(tmp_path / "missing.csv")}))
+        build_datasets(config(path=str(tmp_path / "missing.csv")))
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("sentence,category\nhello,a\nbye,b\n")
     with pytest.raises(DataError, match="expected a CSV with columns text,label; got columns"):
-        build_datasets(load_config(overrides={"data.path": str(wrong)}))
+        build_datasets(config(path=str(wrong)))
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     with pytest.raises(DataError, match="got columns"):
-        build_datasets(load_config(overrides={"data.path": str(empty)}))
+        build_datasets(config(path=str(empty)))
     with pytest.raises(DataError, match="is a folder"):
-        build_datasets(load_config(overrides={"data.path": str(tmp_path)}))
+        build_datasets(config(path=str(tmp_path)))
     same = write_csv(tmp_path / "same.csv", [("fine", "pos"), ("good", "pos")] * 3)
     with pytest.raises(DataError, match="every row has the label 'pos'"):
-        build_datasets(load_config(overrides={"data.path": str(same)}))
+        build_datasets(config(path=str(same)))
     comma = write_csv(tmp_path / "comma.csv", [("fine", "pos"), ("slow, dull", "neg")] * 3)
     with pytest.raises(DataError, match="line 3 has more fields than the header"):
-        build_datasets(load_config(overrides={"data.path": str(comma)}))
+        build_datasets(config(path=str(comma)))
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     path = write_csv(tmp_path / "excel.csv", [("what a great film", "pos"), ("dull", "neg")] * 5)
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
-    _, _, meta = build_datasets(load_config(overrides={"data.path": str(path)}))
+    _, _, meta = build_datasets(config(path=str(path)))
     assert meta["labels"] == ["neg", "pos"]
+
+
+def test_settings_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="data.val_split must be between 0 and 1, not 1.5"):
+        config(val_split=1.5)
+    with pytest.raises(ValueError, match="data.max_length must be at least 1, not 0"):
+        config(max_length=0)

@@ -1,16 +1,31 @@
-"""The machinery behind the commands: you need not read this to change the model, the loss,
-the metrics or the data (those are model.py, data.py and config.py).
-
-Here are the config files and overrides (settings), run folders and checkpoints (runs), the
-data loader, learning-rate schedule and evaluation pass that both engines share (training),
-what a run prints and plots (reporting), what produced it (record), sweeps, k folds, data
-splits and the hardware. Errors a user can fix are `UserError`s: one line, exit code 2.
+"""The machinery behind the commands: settings files (settings.py), run folders and
+checkpoints (runs.py), the resumable data loader (training.py), what a run shows
+(reporting.py). It imports none of your files: engine.py and cli.py hand it what it needs.
 """
+
+import signal
+from pathlib import Path
 
 
 class UserError(Exception):
-    """A problem the user can fix (config, data, checkpoint); the message says how."""
+    """A problem the user can fix (settings, data, a checkpoint, a folder): one line, exit 2."""
 
 
-class ConfigError(UserError):
-    """An unknown key or a bad value in the configuration."""
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped training; `checkpoint` (last.ckpt) holds its latest step."""
+
+    def __init__(self, signum: int, checkpoint):
+        self.signum, self.checkpoint = signum, checkpoint
+        super().__init__(signal.Signals(signum).name)
+
+
+class Diverged(Exception):
+    """The validation loss became nan or inf: the run stops before that model is saved;
+    its last.ckpt holds the last good one."""
+
+    def __init__(self, step: int, run_dir):
+        self.checkpoint = Path(run_dir, "checkpoints", "last.ckpt")
+        super().__init__(
+            f"training diverged at step {step}: the validation loss is nan or inf; lower the "
+            "learning rate (--lr) or look for extreme values in the data"
+        )

@@ -1,292 +1,129 @@
-"""What a run reports, in both engines alike: a line per evaluation, metrics.csv (a row per
-evaluation), the trivial baseline, the closing summary and the learning curves.
-
-Rank 0 only.
+"""What a run shows, in both engines alike: the trivial baseline it is measured against
+(baseline.json), the closing summary, and the learning curves (curves.png) from metrics.csv.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import csv
-import gc
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-from tqdm import tqdm
-
-from ..config import Config
-from ..model import MONITOR
-from . import UserError
-from .runs import temporary_beside
-from .training import Outcome, better
-
-# How each stop reason reads, in the summary and in the docs.
-STOP_REASONS = {
-    "max_steps": "the step budget is spent ({steps} steps)",
-    "epochs": "the epoch cap is reached ({epochs} epochs)",
-    "early_stopping": "early stopping: {monitor} has not improved for {patience} evaluations",
-    "perfect": "done: {monitor} is perfect, and the validation loss fell by less than "
-    "{tie_delta} since the best evaluation",
-}
+from .runs import engine_of, read_checkpoint, temporary_beside
 
 
-QUIET = contextvars.ContextVar("quiet", default=False)
-
-
-def show(line: str) -> None:
-    """Print a line above the progress bar, if there is one (not within `quiet()`)."""
-    if not QUIET.get():
-        tqdm.write(line)
-
-
-@contextlib.contextmanager
-def quiet(on: bool = True) -> Iterator[None]:
-    """No lines from show() within: a sweep's trials print one line each, at their end."""
-    token = QUIET.set(on)
-    try:
-        yield
-    finally:
-        QUIET.reset(token)
-
-
-def describe(row: dict[str, float], max_steps: int) -> str:
-    """An evaluation's line: step 200/1000  epoch 13  lr 0.0028  train/loss 0.41  val/..."""
-    values = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("step", "epoch"))
-    return f"step {row['step']:.0f}/{max_steps}  epoch {row['epoch']:.0f}  {values}"
-
-
-class MetricsFile:
-    """metrics.csv: a row per evaluation, its columns those of the first row (and any new
-    key that a later row brings). A resumed run keeps the rows its checkpoint has seen; later
-    ones (written after the checkpoint, before an interruption) are made again."""
-
-    def __init__(self, run_dir: Path, resumed_step: int | None):
-        self.path = run_dir / "metrics.csv"
-        rows = []
-        if resumed_step is not None:
-            rows = [r for r in read_rows(self.path) if step_of(r) <= resumed_step]
-        self.fields: list[str] = list(rows[0]) if rows else []
-        self.rewrite(rows)
-
-    def write(self, row: dict[str, Any]) -> None:
-        new = [key for key in row if key not in self.fields]
-        if new:  # a key logged for the first time: a new column, the old rows left blank
-            with self.path.open(newline="", encoding="utf-8") as file:
-                rows = list(csv.DictReader(file))
-            self.fields += new
-            self.rewrite(rows)
-        with self.path.open("a", newline="", encoding="utf-8") as file:
-            csv.DictWriter(file, fieldnames=self.fields).writerow(row)
-
-    def rewrite(self, rows: list[dict]) -> None:
-        # Atomic: a kill while a resumed run trims the file leaves the old rows, not none.
-        with (
-            temporary_beside(self.path) as tmp,
-            tmp.open("w", newline="", encoding="utf-8") as file,
-        ):
-            if self.fields:
-                writer = csv.DictWriter(file, fieldnames=self.fields)
-                writer.writeheader()
-                writer.writerows(rows)
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a run's metrics.csv (none when it is missing), or one line saying that it
-    cannot be continued."""
-    if not path.is_file():
-        return []
-    try:
-        with path.open(newline="", encoding="utf-8") as file:
-            return list(csv.DictReader(file))
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise UserError(
-            f"{path} is not a CSV file of UTF-8 text ({error}): it was edited or damaged; "
-            "restore it, or delete it (the run then writes its rows from here on)"
-        ) from None
-
-
-def step_of(row: dict[str, str]) -> float:
-    try:
-        return float(row["step"])
-    except (KeyError, TypeError, ValueError):  # a line cut short by a kill
-        return math.inf
-
-
-# --- the trivial baseline, the summary and the curves -------------------------------------
-
-
-def save_baseline(run_dir: Path, baseline: dict[str, Any]) -> None:
-    (run_dir / "baseline.json").write_text(json.dumps(baseline, indent=2), encoding="utf-8")
+def save_baseline(run_dir: Path, name: str, scores: dict[str, float]) -> None:
+    (run_dir / "baseline.json").write_text(json.dumps({"name": name, **scores}, indent=2))
 
 
 def read_baseline(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "baseline.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def summary(outcome: Outcome, cfg: Config) -> list[str]:
-    """Why the run stopped and its best evaluation, beside what a model that learned nothing
-    scores: "val/acc 0.7212 (majority class 0.1818)"."""
-    t = cfg.train
-    steps = outcome.last.get("step")
-    reason = STOP_REASONS[outcome.reason].format(
-        steps=steps, epochs=t.epochs, monitor=MONITOR, patience=t.patience, tie_delta=t.tie_delta
-    )
-    baseline = outcome.baseline
-    values = []
-    for key, value in outcome.best.items():
-        if key.startswith("val/"):
+def read_lines(run_dir: Path) -> list[dict[str, str]]:
+    """metrics.csv's lines, without their blank cells; a line cut short by a kill ends it."""
+    path, lines = run_dir / "metrics.csv", []
+    if path.is_file():
+        with path.open(newline="", encoding="utf-8", errors="replace") as file:
+            for line in csv.DictReader(file):
+                if None in line.values() or None in line:
+                    break
+                lines.append({key: value for key, value in line.items() if value})
+    return lines
+
+
+def read_rows(run_dir: Path) -> list[dict[str, float]]:
+    """metrics.csv as one row per step, values as numbers (Lightning writes its training
+    and validation values on lines of their own)."""
+    rows: dict[float, dict[str, float]] = {}
+    for line in read_lines(run_dir):
+        values = {key: float(value) for key, value in line.items()}
+        rows.setdefault(values["step"], {}).update(values)
+    return [rows[step] for step in sorted(rows)]
+
+
+def rows_before(run_dir: Path, checkpoint: dict | None) -> list[dict[str, Any]]:
+    """The lines of metrics.csv up to a checkpoint's step (none without a checkpoint): what a
+    resumed run keeps; a later line was written after the checkpoint, and comes again."""
+    if checkpoint is None:
+        return []
+    # Lightning numbers the steps of its lines from 0, the raw loop from 1.
+    last = checkpoint["global_step"] - (engine_of(checkpoint) == "lightning")
+    lines = read_lines(run_dir)
+    return [line | {"step": int(line["step"])} for line in lines if int(line["step"]) <= last]
+
+
+def best_row(rows: list[dict[str, float]], monitor: str, mode: str) -> dict[str, float] | None:
+    """The first evaluation with the best monitored value: the one best.ckpt holds."""
+    scored = [row for row in rows if math.isfinite(row.get(monitor, math.nan))]
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda row: row[monitor], default=None)  # the first of equals
+
+
+def summary(run_dir: Path, monitor: str, mode: str, reason: str, train: Any) -> list[str]:
+    """Why the run stopped (`train` holds its settings) and its best evaluation, beside what
+    a model that learned nothing scores: `val/acc 0.9912 (majority class 0.2500)`."""
+    best, baseline = best_row(read_rows(run_dir), monitor, mode), read_baseline(run_dir)
+    why = f"the step budget is spent ({train.max_steps} steps)"
+    if reason == "early_stopping":
+        why = f"early stopping: {monitor} has not improved for {train.patience} evaluations"
+        threshold, value = train.stopping_threshold, best and best[monitor]
+        if threshold is not None and value is not None:
+            if value > threshold if mode == "max" else value < threshold:
+                why = f"early stopping: {monitor} is past its stopping threshold ({threshold})"
+    lines = [f"stopped: {why}"]
+    if best is not None:
+
+        def shown(key: str) -> str:
             beside = f" ({baseline['name']} {baseline[key]:.4f})" if key in baseline else ""
-            values.append(f"{key} {value:.4f}{beside}")
-    return [
-        f"stopped after step {steps}: {reason}",
-        f"best (step {int(outcome.best['step'])}, best.ckpt): {'  '.join(values)}",
-        f"run folder: {cfg.run_dir}",
-    ]
+            return f"{key} {best[key]:.4f}{beside}"
+
+        saved = run_dir / "checkpoints" / "best.ckpt"
+        step = read_checkpoint(saved)["global_step"] if saved.is_file() else int(best["step"])
+        scores = "  ".join(shown(key) for key in best if key.startswith("val/"))
+        lines.append(f"best (step {step}, best.ckpt): {scores}")
+    return [*lines, f"run folder: {run_dir}"]
 
 
-def plot_learning_curves(run_dir: Path) -> Path | None:
-    """curves.png, from metrics.csv: a panel for the losses and one for each other metric
-    (each on its own axis; a log scale where the values span more than a decade), the
-    trivial baseline as a dashed line, the best evaluation (best.ckpt) marked, and the
-    learning rate. None when metrics.csv has no row yet."""
-    needed = ("step", MONITOR, "val/loss")
-    rows = [r for r in numeric_rows(run_dir / "metrics.csv") if None not in map(r.get, needed)]
-    if not rows:
-        return None
-    with garbage_collection_paused():
-        return draw_curves(run_dir, rows)
-
-
-def draw_curves(run_dir: Path, rows: list[dict[str, float | None]]) -> Path:
-    """The figure of plot_learning_curves, from metrics.csv's rows."""
+def plot_curves(run_dir: Path, monitor: str, mode: str) -> None:
+    """curves.png: the losses, each validation metric and the learning rate over the steps,
+    the trivial baseline dashed, and the best evaluation (best.ckpt) circled."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    curves: dict[str, tuple[list[float], list[float]]] = {}
-    for row in rows:
-        for key, value in row.items():
-            if key not in ("step", "epoch") and value is not None:
-                steps, values = curves.setdefault(key, ([], []))
-                steps.append(row["step"])
-                values.append(value)
-    baseline = read_baseline(run_dir)
-    best: dict[str, float] = {}
-    delta = tie_delta(run_dir)
-    for row in rows:  # as training chose best.ckpt
-        if better(row, best, delta):
-            best = row
-    panels = [[key for key in curves if key.endswith("loss")]]
-    panels += [[key] for key in curves if not key.endswith("loss") and key != "lr"]
-    panels += [["lr"]] if "lr" in curves else []
-    columns = min(3, len(panels))
-    lines = -(-len(panels) // columns)
-    width, height = 4.5 * columns, 3.4 * lines
-    figure, axes = plt.subplots(lines, columns, figsize=(width, height), squeeze=False)
-    # Fixed margins, in inches, for the tick labels and titles: tight_layout would draw the
-    # figure once more to measure them, doubling the plot's time.
-    left, right, bottom, top, gap = 0.75, 0.2, 0.55, 0.65, 0.9
-    panel_width = (width - left - right - (columns - 1) * gap) / columns
-    panel_height = (height - bottom - top - (lines - 1) * gap) / lines
-    figure.subplots_adjust(
-        left=left / width,
-        right=1 - right / width,
-        bottom=bottom / height,
-        top=1 - top / height,
-        wspace=gap / panel_width,
-        hspace=gap / panel_height,
-    )
-    for ax, keys in zip(axes.flat, panels, strict=False):
-        shown = []
-        for key in keys:
-            steps, values = curves[key]
-            (line,) = ax.plot(steps, values, marker=".", markersize=4, label=key)
-            shown += values
+    rows, baseline = read_rows(run_dir), read_baseline(run_dir)
+    best = best_row(rows, monitor, mode)
+    if best is None:
+        return
+    keys = list(dict.fromkeys(key for row in rows for key in row if key not in ("step", "epoch")))
+    panels = [[k for k in keys if k.endswith("loss")], [k for k in keys if k.startswith("lr")]]
+    panels[1:1] = [[k] for k in keys if k.startswith("val/") and not k.endswith("loss")]
+    panels = [panel for panel in panels if panel]  # Lightning logs no lr in a very short run
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes.flat, panels, strict=True):
+        for key in panel:
+            logged = [row for row in rows if key in row]
+            (line,) = ax.plot(
+                [row["step"] for row in logged], [row[key] for row in logged], ".-", label=key
+            )
+            colour = line.get_color()
             if key in best:
-                ax.plot(
-                    best["step"],
-                    best[key],
-                    "o",
-                    color=line.get_color(),
-                    markersize=8,
-                    markerfacecolor="none",
-                )
-            if isinstance(baseline.get(key), int | float):
-                ax.axhline(
-                    baseline[key],
-                    color=line.get_color(),
-                    linestyle="--",
-                    linewidth=1,
-                    label=f"{key}, {baseline['name']}",
-                )
-                shown.append(baseline[key])
-        ax.axvline(
-            best["step"],
-            color="grey",
-            linestyle=":",
-            linewidth=1,
-            label=f"best.ckpt (step {best['step']:.0f})",
+                ax.plot(best["step"], best[key], "o", markerfacecolor="none", color=colour)
+            if key in baseline:
+                name = f"{key}, {baseline['name']}"
+                ax.axhline(baseline[key], color=colour, linestyle="--", linewidth=1, label=name)
+        ax.set(
+            title=" and ".join(panel),
+            xlabel="step",
+            yscale="log" if "lr" in panel[0] else "linear",
         )
-        if spans_decades(shown):
-            ax.set_yscale("log")
-        title = "learning rate" if keys == ["lr"] else " and ".join(keys)
-        ax.set(title=title, xlabel="step")
         ax.legend(fontsize="small")
-    for ax in axes.flat[len(panels) :]:
-        ax.set_visible(False)
-    figure.suptitle(f"{run_dir.name}: {MONITOR} best at step {best['step']:.0f}")
-    path = run_dir / "curves.png"
-    with temporary_beside(path) as tmp:
+    figure.suptitle(f"{run_dir.name}: {monitor} best at step {best['step']:.0f} (best.ckpt)")
+    figure.tight_layout()
+    with temporary_beside(run_dir / "curves.png") as tmp:
         figure.savefig(tmp, dpi=100, format="png")
     plt.close(figure)
-    return path
-
-
-@contextlib.contextmanager
-def garbage_collection_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off for a while: a figure makes tens of thousands
-    of objects, and each collection they trigger walks the whole training process's heap,
-    which doubled the plot's time at the end of a run. The figure's cycles go at the next
-    collection."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def tie_delta(run_dir: Path) -> float:
-    """The run's train.tie_delta, from its config.yaml."""
-    path = run_dir / "config.yaml"
-    settings = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    return float(settings.get("train", {}).get("tie_delta", 0.0))
-
-
-def spans_decades(values: list[float]) -> bool:
-    """Whether positive values span more than a factor of ten: a log scale shows them."""
-    finite = [value for value in values if math.isfinite(value)]
-    return bool(finite) and min(finite) > 0 and max(finite) > 10 * min(finite)
-
-
-def numeric_rows(path: Path) -> list[dict[str, float | None]]:
-    """metrics.csv's rows, their values as numbers (None where blank), for plots: a
-    damaged file plots as far as it reads."""
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8", errors="replace") as file:
-        rows = []
-        for row in csv.DictReader(file):
-            try:
-                rows.append({k: float(v) if v not in ("", None) else None for k, v in row.items()})
-            except (TypeError, ValueError):  # a line cut short by a kill
-                break
-        return rows

@@ -1,196 +1,107 @@
-"""Reading the settings: config.py's defaults <- configs/default.yaml <- --config files, in
-order <- the command line's flags, `--set` and `key=value` overrides.
-
-Names and types are checked against config.py's dataclasses; an unknown key or a bad value
-is one line naming it. The optional extras (sweep, trackers) are checked here too.
+"""Settings, layered by OmegaConf: config.py's dataclasses (the defaults and their types) <-
+a checkpoint's settings (on resume) <- configs/default.yaml <- --config files <- the flags
+and SECTION.KEY=VALUE overrides. A setting that is unknown, of the wrong type or out of its
+range is one line naming the key, where it came from and, when it is a typo, the nearest key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import types
-import typing
-from collections.abc import Iterable
+import difflib
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, TypeVar
 
-import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from ..config import Config
-from . import ConfigError, UserError
+from . import UserError
 
 DEFAULT_FILE = Path("configs/default.yaml")
-ACCELERATORS = ("cpu", "gpu", "mps", "auto")
-PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
-LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
-# The optional extras of pyproject.toml, by the package each one brings.
-EXTRAS = {"optuna": "sweep", "mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboard"}
-
-
-def require_extra(package: str, purpose: str) -> None:
-    """Refuse at once, naming the extra to install, when an optional package is missing."""
-    if importlib.util.find_spec(package) is None:
-        raise UserError(
-            f"{purpose} needs {package}, which is not installed: "
-            f'pip install -e ".[{EXTRAS[package]}]"'
-        )
+Config = TypeVar("Config")
 
 
 def load_config(
-    files: Iterable[str | Path] = (),
-    overrides: dict[str, Any] | None = None,
+    schema: type[Config],
+    files: list[Path] = (),
+    overrides: list[str] = (),
+    flags: dict[str, Any] | None = None,
     base: dict[str, Any] | None = None,
 ) -> Config:
-    """The defaults, then `base` (a checkpoint's config), the YAML files in order (a later
-    one wins), then dotted overrides such as {"train.lr": 0.01} (None values are skipped)."""
-    cfg = Config()
-    if base is not None:
-        merge(cfg, base, "the checkpoint")
-    for path in files:
-        merge(cfg, read_yaml(Path(path)), str(path))
-    for key, value in (overrides or {}).items():
+    """The settings of `schema` (config.py's Config): its defaults, then `base`, the YAML
+    files in order (a later one wins), `flags` ({"model.width": 8}; None: not given) and the
+    SECTION.KEY=VALUE `overrides`; checked by the dataclasses' own __post_init__."""
+    merged = OmegaConf.structured(schema)
+    layers = [("the checkpoint", base)] if base is not None else []
+    layers += [(str(path), read_yaml(path)) for path in files]
+    given = OmegaConf.create()
+    for key, value in (flags or {}).items():
         if value is not None:
-            section, _, name = key.partition(".")
-            merge(cfg, {section: {name: value}}, "the command line")
-    check(cfg)
-    return cfg
+            OmegaConf.update(given, key, value)
+    layers.append(("the command line", given))
+    for item in overrides:
+        if "=" not in item or "." not in item.partition("=")[0]:
+            raise UserError(f"expected SECTION.KEY=VALUE, e.g. model.width=8; got '{item}'")
+        layers.append(("the command line", OmegaConf.from_dotlist([item])))
+    for source, layer in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as error:
+            raise UserError(explain(error, source, schema)) from None
+    try:
+        return OmegaConf.to_object(merged)
+    except ValueError as error:  # a value out of its range, from __post_init__
+        raise UserError(str(error)) from None
 
 
 def config_files(given: list[Path] | None) -> list[Path]:
-    """configs/default.yaml (when it exists), then the --config files: they layer."""
+    """configs/default.yaml (when there is one), then the --config files: they layer."""
     files = [DEFAULT_FILE] if DEFAULT_FILE.is_file() else []
     return files + [path for path in given or [] if path.resolve() not in map(Path.resolve, files)]
 
 
-def config_text(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
-        problem = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise ConfigError(f"config file {path} {problem}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8") from None
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        raise UserError(
+            f"config file {path} {'is a folder' if path.is_dir() else 'does not exist'}"
+        )
+    text = path.read_text(encoding="utf-8", errors="replace")
     for number, line in enumerate(text.splitlines(), start=1):
         if line.startswith(("<<<<<<<", "=======", ">>>>>>>")):  # a merge or `copier update`
-            raise ConfigError(
-                f"{path} has unresolved merge conflict markers (line {number}: {line[:40]}); "
-                "resolve them, then commit"
+            raise UserError(
+                f"{path} has unresolved merge conflict markers (line {number}); resolve them"
             )
     try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}".splitlines()[0]) from None
-    if not isinstance(values, dict | None):
-        raise ConfigError(f"{path} must hold sections data:, model:, train:")
-    return values or {}
+        values = OmegaConf.create(text)
+    except Exception as error:  # YAML's own errors: a duplicate key, a bad indent...
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise UserError(f"{path} is not valid YAML: {'; '.join(lines[:4])}") from None
+    if not isinstance(values, DictConfig):
+        raise UserError(f"{path} must hold sections (data:, model:, train:), not a list")
+    for section in [key for key, value in values.items() if value is None]:
+        del values[section]  # a section whose settings are all commented out
+    return values
 
 
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """'model.width=64' -> ('model.width', 64), the value read as YAML."""
-    key, sep, value = text.partition("=")
-    if not sep or "." not in key:
-        raise ConfigError(f"expected SECTION.KEY=VALUE, e.g. train.lr=1e-3; got '{text}'")
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise ConfigError(f"{text}: '{value}' is not a value; quote it") from None
+def explain(error: OmegaConfBaseException, source: str, schema: type) -> str:
+    """OmegaConf's error in one line, with the nearest valid key for an unknown one."""
+    key = getattr(error, "full_key", None) or "?"
+    message = str(error).splitlines()[0]
+    if "not in" in message or "Key '" in message:
+        known = list(setting_names(schema))
+        near = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean {near[0]}?" if near else f"; the settings are in {DEFAULT_FILE}"
+        return f"unknown setting {key} (in {source}){hint}"
+    return f"{key}: {message.rstrip('.')} (in {source})"
 
 
-def merge(cfg: Config, values: dict[str, Any], source: str) -> None:
-    """Set the values of a {section: {key: value}} mapping, checking names and types."""
-    for section_name, section_values in values.items():
-        section = getattr(cfg, str(section_name), None)
-        if not dataclasses.is_dataclass(section):
-            raise ConfigError(
-                f"unknown section '{section_name}' in {source}; expected data, model or train"
-            )
-        if not isinstance(section_values, dict | None):
-            raise ConfigError(f"section '{section_name}' in {source} must be a mapping")
-        hints = get_type_hints(type(section))
-        for key, value in (section_values or {}).items():
-            if key not in hints:
-                raise ConfigError(
-                    f"unknown key '{section_name}.{key}' in {source}; "
-                    f"valid keys: {', '.join(hints)}"
-                )
-            kind = hints[key]
-            setattr(section, key, coerce(value, kind, f"{section_name}.{key}", source))
+def setting_names(schema: type, prefix: str = ""):
+    """Every setting of the config's dataclasses, as SECTION.KEY."""
+    for field in dataclasses.fields(schema):
+        if dataclasses.is_dataclass(field.default_factory):  # a section, not a list
+            yield from setting_names(field.default_factory, f"{field.name}.")
+        else:
+            yield prefix + field.name
 
 
-def coerce(value: Any, kind: Any, key: str, source: str) -> Any:
-    """`value` as the field's type: int, float, bool, str, a list of one of them, or None
-    where the type allows it."""
-    union = typing.get_origin(kind) in (typing.Union, types.UnionType)
-    options = typing.get_args(kind) if union else (kind,)
-    if value is None and type(None) in options:
-        return None
-    target = options[0]
-    if typing.get_origin(target) is list:
-        (item,) = typing.get_args(target)
-        items = value if isinstance(value, list) else [value]
-        return [coerce(each, item, key, source) for each in items]
-    try:
-        if target is bool and isinstance(value, bool | str):
-            lowered = str(value).lower()
-            if lowered in ("true", "false"):
-                return lowered == "true"
-        elif target is int and not isinstance(value, bool):
-            if isinstance(value, int) or (isinstance(value, str) and value.strip()):
-                return int(value)
-        elif target is float and not isinstance(value, bool):
-            return float(value)
-        elif target is str and isinstance(value, str | int | float):
-            return str(value)
-    except (ValueError, OverflowError):
-        pass
-    raise ConfigError(
-        f"{key} must be {getattr(target, '__name__', target)}, got {value!r} (in {source})"
-    )
-
-
-def check(cfg: Config) -> None:
-    """Refuse values that cannot work, naming the key and what would."""
-    t = cfg.train
-    finite = all(abs(x) < float("inf") for x in (t.lr, t.weight_decay, t.grad_clip))
-    rules = [
-        (t.max_steps >= 1, "train.max_steps must be at least 1"),
-        (t.epochs is None or t.epochs >= 1, "train.epochs must be at least 1 (or null: no cap)"),
-        (t.eval_every >= 1, "train.eval_every must be at least 1"),
-        (
-            t.eval_batches is None or t.eval_batches >= 1,
-            "train.eval_batches must be at least 1 (or null: the whole validation split)",
-        ),
-        (t.batch_size >= 1, "train.batch_size must be at least 1"),
-        (finite, "train.lr, train.weight_decay and train.grad_clip must be finite numbers"),
-        (t.lr > 0, "train.lr must be positive"),
-        (0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
-        (t.accumulate >= 1, "train.accumulate must be at least 1"),
-        (t.patience >= 0, "train.patience must be 0 (off) or more"),
-        (t.tie_delta >= 0, "train.tie_delta must be 0 or more"),
-        (t.devices == -1 or t.devices >= 1, "train.devices must be -1 (all) or at least 1"),
-        (t.num_nodes >= 1, "train.num_nodes must be at least 1"),
-        (t.num_workers >= 0, "train.num_workers must be 0 or more"),
-        (t.accelerator in ACCELERATORS, f"train.accelerator must be one of {ACCELERATORS}"),
-        (t.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}"),
-        (t.logger in LOGGERS, f"train.logger must be one of {LOGGERS}"),
-        (0 < cfg.data.val_split < 1, "data.val_split must be between 0 and 1"),
-    ]
-    folds, fold = cfg.data.folds, cfg.data.fold
-    if folds is not None or fold is not None:
-        rules.append((folds is not None and folds >= 2, "data.folds must be at least 2"))
-        rules.append(
-            (fold is not None and 1 <= fold <= (folds or 0), "data.fold must be 1 to data.folds")
-        )
-    if t.name is not None:
-        one_component = Path(t.name).name == t.name and t.name not in ("", ".", "..")
-        rules.append((one_component, f"--name '{t.name}' must be a folder name, without '/'"))
-    for ok, message in rules:
-        if not ok:
-            raise ConfigError(message)
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

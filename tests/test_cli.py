@@ -101,7 +101,36 @@ def test_new_without_a_terminal_takes_the_defaults(tmp_path):
         if question.default is not None:
             assert given[question.name] == question.default, question.name
     assert given["project_name"] == "proj"  # named after its folder
+    assert given["extras"] == []  # none on the cpu
     assert (tmp_path / "proj/src/proj/cli.py").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, extras",
+    [
+        (["--with", "folds", "--with", "sweeps"], ["sweeps", "folds"]),  # in copier.yml's order
+        (["--with", "sweeps,slurm"], ["sweeps", "slurm"]),
+        (["--hardware", "multi-gpu"], ["slurm"]),  # the multi-gpu default
+        (["--hardware", "multi-gpu", "--with", "folds"], ["folds"]),  # --with is the answer
+    ],
+)
+def test_with_gives_the_extras_answer(args, extras, tmp_path):
+    result = scaffold("new", str(tmp_path / "proj"), "--no-git", *args)
+    assert result.returncode == 0, result.stderr
+    assert answers(tmp_path / "proj")["extras"] == extras
+    assert f"package `proj`, with {' and '.join(extras)}, no git repository" in result.stdout
+
+
+def test_copier_copy_takes_the_extras_as_a_yaml_list(template_copy, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "copier", "copy", "--defaults", "--quiet"]
+        + ["--data", "extras=[sweeps, folds]", str(template_copy), str(tmp_path / "proj")],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert answers(tmp_path / "proj")["extras"] == ["sweeps", "folds"]
 
 
 def spawn_in_terminal(*args: str, cwd) -> pexpect.spawn:
@@ -118,19 +147,36 @@ def spawn_in_terminal(*args: str, cwd) -> pexpect.spawn:
     return child
 
 
-def every_answer(but: str | None = None) -> dict[str, str]:
-    """A valid answer to every question except `but`, not always the default one."""
+def every_answer(but: str | None = None) -> dict[str, str | list[str]]:
+    """A valid answer to every question except `but`, not always the default one (every
+    extra of the multi-select)."""
     given = {"project_name": "Demo", "package_name": "demo", "author_email": "a@b.co"}
     for question in load_questions():
-        if question.name not in given:
+        if question.multiselect:
+            given[question.name] = list(question.choices)
+        elif question.name not in given:
             given[question.name] = question.choices[-1] if question.choices else "x"
     given.pop(but, None)
     return given
 
 
-def as_flags(given: dict[str, str]) -> list[str]:
+def as_flags(given: dict[str, str | list[str]]) -> list[str]:
+    """The flags of these answers: a multi-select's flag once per value (--with a --with b)."""
     flags = {question.name: question.flag for question in load_questions()}
-    return [arg for name, value in given.items() for arg in (flags[name], value)]
+    return [
+        arg
+        for name, value in given.items()
+        for item in (value if isinstance(value, list) else [value])
+        for arg in (flags[name], item)
+    ]
+
+
+def recorded(written: dict, given: dict) -> dict:
+    """The answers file's values of the questions in `given`, as `given` holds them."""
+    return {
+        name: written[name] if isinstance(written[name], list) else str(written[name])
+        for name in given
+    }
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
@@ -147,7 +193,7 @@ def test_in_a_terminal_a_missing_answer_is_asked_for(tmp_path):
     screen = child.logfile_read.getvalue()
     assert child.exitstatus == 0, screen
     written = answers(tmp_path / "proj")
-    assert {name: str(written[name]) for name in given} == given
+    assert recorded(written, given) == given
     assert written["framework"] == "raw"
     asked = [q.name for q in load_questions() if q.help.split("(")[0].strip() in screen]
     assert asked == ["framework"]
@@ -209,7 +255,24 @@ def test_in_a_terminal_with_every_answer_given_nothing_is_asked(tmp_path):
         child.close(force=True)
     assert child.exitstatus == 0, child.logfile_read.getvalue()
     written = answers(tmp_path / "proj")
-    assert {name: str(written[name]) for name in given} == given
+    assert recorded(written, given) == given
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_in_a_terminal_the_extras_are_a_multi_select(tmp_path):
+    given = every_answer(but="extras")
+    child = spawn_in_terminal("new", "proj", *as_flags(given), cwd=tmp_path)
+    try:
+        child.expect("What else should the project hold")
+        child.send(" ")  # tick the first extra, sweeps
+        child.send("\x1b[B")  # down to the second, folds
+        child.send(" ")
+        child.send("\r")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.logfile_read.getvalue()
+    assert answers(tmp_path / "proj")["extras"] == ["sweeps", "folds"]
 
 
 @pytest.mark.parametrize(
@@ -227,6 +290,11 @@ def test_in_a_terminal_with_every_answer_given_nothing_is_asked(tmp_path):
             "Invalid value for '--backbone': tabular-regression trains from scratch; pretrained",
         ),
         (["--bogus"], "No such option: --bogus"),
+        (
+            ["--with", "sweeps", "--with", "sweep"],
+            "Invalid value for '--with': 'sweep' is not one of 'sweeps', 'folds', 'slurm'; "
+            "did you mean 'sweeps'?",
+        ),
     ],
 )
 def test_a_bad_value_is_one_line_and_exit_2(tmp_path, args, says):
@@ -246,6 +314,21 @@ def test_update_names_a_bad_choice_the_same_way(tmp_path):
         "error: Invalid value for '--task': 'imagenet' is not one of 'image-classification', "
         "'text-classification', 'tabular-regression', 'language-modeling'.\n"
     )
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--with", "slrum"], "'--with': 'slrum' is not one of 'sweeps', 'folds', 'slurm'; "),
+        (["--without", "fold"], "'--without': 'fold' is not one of 'sweeps', 'folds', 'slurm'"),
+        (["--with", "sweeps", "--without", "sweeps"], "'--without': sweeps given to both"),
+    ],
+)
+def test_update_refuses_a_bad_extra_in_one_line(args, says, tmp_path):
+    result = scaffold("update", str(tmp_path), *args)  # before it looks at the project
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: Invalid value for ") and says in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
 
 
 def test_a_non_empty_destination_is_refused_and_left_alone(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import importlib.util
-import re
 import subprocess
 import sys
 import tomllib
@@ -45,27 +44,18 @@ def expected_files(combination: dict[str, str]) -> set[str]:
         "tests/test_data.py",
         "tests/test_project.py",
     }
-    # What the user edits, in front; the machinery behind, in plumbing/.
+    # What the user edits, in front (config, data, model), with the one file that differs
+    # between the styles (engine) and the command line; the machinery behind, in plumbing/,
+    # the same in both styles.
     front = ("__init__", "__main__", "cli", "config", "data", "engine", "model")
     files |= {f"{package}/{name}.py" for name in front}
-    machinery = ["__init__", "hardware", "reporting", "runs", "settings", "training"]
-    # Experiments: sweeps, k folds and their splits, the run record, what trackers get.
-    machinery += ["folds", "record", "splits", "sweep", "trackers"]
-    if combination["framework"] == "raw":  # what Lightning does for the Lightning projects
-        machinery += ["distributed", "tracking"]
-    else:
-        machinery += ["lightning_parts"]
-    if combination["backbone"] == "pretrained":  # loading Hugging Face models; a tiny one
-        machinery += ["hub"]
-        files.add("tests/tiny_model.py")
-        if combination["hardware"] == "multi-gpu":  # FSDP
-            machinery += ["sharding"]
+    machinery = ["__init__", "reporting", "runs", "settings", "training"]
     files |= {f"{package}/plumbing/{name}.py" for name in machinery}
+    if combination["backbone"] == "pretrained":  # a tiny stand-in of the hub model
+        files.add("tests/tiny_model.py")
+    # The extras (the default answer: slurm for multi-gpu, else none): no sweep, no folds.
     if combination["hardware"] == "multi-gpu":
         files.add("scripts/slurm.sbatch")
-    files.add("configs/sweep.yaml")
-    if combination["hardware"] != "mps":
-        files.add("scripts/sweep.sbatch")
     return files
 
 
@@ -100,15 +90,19 @@ def test_renders_exactly_its_own_files(combination, projects):
 
     package = project / "src" / package_of(combination)
     # The task's and the engine's partials, and no other, went in verbatim (the scratch
-    # partials' block tags aside: the pretrained variants replace those blocks).
-    task, engine = TEMPLATE / "_tasks" / combination["task"], TEMPLATE / "_engines"
+    # partials' block tags aside: the pretrained variants replace those blocks), with the
+    # shared ones: data.py holds the split, model.py ends with the optimizer.
+    task = f"template/_tasks/{combination['task']}"
     pretrained = combination["backbone"] == "pretrained"
-    for name in ("data.py", "model.py"):
-        scratch = without_block_tags((task / name).read_text())
-        assert ((package / name).read_text() == scratch) != pretrained, name
+    data = (package / "data.py").read_text()
+    assert (data == rendered(f"{task}/data.py", combination)) != pretrained
+    assert rendered("template/_shared/split.py", combination) in data
+    model = (package / "model.py").read_text()
+    assert model.startswith(rendered(f"{task}/model.py", combination)) != pretrained
+    assert model.endswith(rendered("template/_shared/optimizer.py", combination))
     framework = combination["framework"]
-    partial = (engine / framework / "engine.py").read_text()
-    assert (package / "engine.py").read_text() == rendered(partial, combination)
+    engine = rendered(f"template/_engines/{framework}/engine.py", combination)
+    assert (package / "engine.py").read_text() == engine
     dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"][
         "dependencies"
     ]
@@ -129,21 +123,17 @@ def test_renders_exactly_its_own_files(combination, projects):
             )
 
 
-def rendered(text: str, answers: dict[str, str]) -> str:
-    """A partial as Copier renders it with these answers (its Jinja settings of copier.yml)."""
+def rendered(partial: str, answers: dict[str, str]) -> str:
+    """A partial (a path from the template's root, where Copier's Jinja loader looks) as
+    Copier renders it with these answers (the Jinja settings of copier.yml): a partial whose
+    blocks no child template replaces keeps their contents, without the block tags."""
     environment = jinja2.Environment(
-        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
+        loader=jinja2.FileSystemLoader(template_root()),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
     )
-    return environment.from_string(text).render(**answers)
-
-
-def without_block_tags(text: str) -> str:
-    """A partial as Jinja renders it without a child template: its block tags' lines go."""
-    return "".join(
-        line
-        for line in text.splitlines(keepends=True)
-        if not re.fullmatch(r"\s*\{% (end)?block( \w+)? %\}\s*", line)
-    )
+    return environment.get_template(partial).render(**answers)
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=combination_id)

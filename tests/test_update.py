@@ -3,20 +3,37 @@ every kind of source, keeping the user's edits; conflicts are shown; the framewo
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import git, install, make_template_repo, run, scaffold_from
+from conftest import (
+    CHECKOUT_FILES,
+    REPO,
+    git,
+    install,
+    make_template_repo,
+    render,
+    run,
+    scaffold_from,
+)
 
 from generator import __version__
+from generator.project import conflict_markers
 
 # How long a generated project trains in these tests: as little as possible.
 SHORT = ["--accelerator", "cpu", "--max-steps", "5"]
 TAG = f"v{__version__}"
 NEXT_TAG = f"v{__version__}.1"
+
+
+def git_status(project) -> str:
+    return git("status", "--porcelain", cwd=project)
 
 
 def answers(project) -> dict:
@@ -168,8 +185,10 @@ def test_an_overlapping_edit_is_a_named_conflict_that_training_reports(template,
         [
             sys.executable,
             "-c",
+            "from pathlib import Path\n"
+            "from proj.config import Config\n"
             "from proj.plumbing.settings import load_config\n"
-            "load_config(['configs/default.yaml'])",
+            "load_config(Config, [Path('configs/default.yaml')])",
         ],
         cwd=project,
         env={"PYTHONPATH": str(project / "src")},
@@ -178,10 +197,9 @@ def test_an_overlapping_edit_is_a_named_conflict_that_training_reports(template,
     )
     assert read.returncode != 0
     assert (
-        f"configs/default.yaml has unresolved merge conflict markers (line {line}: <<<<<<<"
+        f"configs/default.yaml has unresolved merge conflict markers (line {line}); resolve them"
         in read.stderr
     )
-    assert "resolve them, then commit" in read.stderr
 
 
 def test_a_dirty_template_checkout_renders_its_last_commit_and_the_project_updates(template, work):
@@ -361,10 +379,6 @@ def test_a_project_that_records_no_template_version_is_one_line(template, work):
     assert "_commit" in result.stderr
 
 
-def git_status(project) -> str:
-    return git("status", "--porcelain", cwd=project)
-
-
 def assert_one_line(result, *says: str) -> None:
     """A refusal the user can fix: exit code 2, one line, no traceback."""
     assert result.returncode == 2, result.stdout + result.stderr
@@ -464,3 +478,268 @@ def test_an_unknown_vcs_ref_is_blamed_on_the_flag(template, work):
     result = scaffold_from(template, "update", "proj", "--vcs-ref", "v9.9.9", cwd=work)
     assert_one_line(result, "'--vcs-ref': the template", "has no tag or commit 'v9.9.9'")
     assert git_status(work / "proj") == ""
+
+
+@pytest.mark.parametrize("case", ["settings beside it", "a setting it drops"])
+def test_a_settings_conflict_is_resolved_when_the_user_only_set_settings(case, template, work):
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
+    project = work / "proj"
+    config = project / "configs" / "default.yaml"
+    mine = {"settings beside it": "batch_size", "a setting it drops": "grad_clip"}[case]
+    config.write_text(re.sub(rf"  # {mine}: \S+", f"  {mine}: 0.5", config.read_text()))
+    commit_all(project, "our settings")
+    # The next release rewords the line under batch_size, and drops grad_clip: each a change
+    # beside or on the user's line, which Copier's merge leaves as a conflict.
+    default = template / "template" / "configs" / "default.yaml.jinja"
+    text = default.read_text().replace("# the peak learning rate", "# the highest learning rate")
+    default.write_text(re.sub(r"  # grad_clip: .*\n", "", text))
+    commit_all(template, "next release")
+    git("tag", NEXT_TAG, cwd=template)
+
+    result = scaffold_from(template, "update", "proj", cwd=work)
+    text = config.read_text()
+    if case == "a setting it drops":  # which the user must decide about
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "conflict: configs/default.yaml" in result.stderr
+        return
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        "configs/default.yaml: the template's new file, with your settings in it "
+        "(train.batch_size)\n" in result.stdout
+    )
+    assert "\n  batch_size: 0.5\n" in text and "# the highest learning rate" in text
+    assert "grad_clip" not in text and "<<<<<<<" not in text
+    assert git_status(project).count("configs/default.yaml") == 1  # modified, not unmerged
+    assert " M configs/default.yaml" in git_status(project)
+
+
+BASE = "# settings\ndata:\n  # path: null  # yours\n\ntrain:\n  # lr: 0.1\n  # seed: 42\n"
+THEIRS = "# settings\ndata:\n  # path: null  # a CSV\n\ntrain:\n  # lr: 0.1  # peak\n  # seed: 42\n"
+
+
+@pytest.mark.parametrize(
+    "ours, merged",
+    [
+        (
+            BASE.replace("# lr: 0.1", "lr: 0.5  # ours"),
+            THEIRS.replace("# lr: 0.1  # peak", "lr: 0.5  # ours"),
+        ),
+        (
+            BASE.replace("# lr", "lr").replace("# path", "path"),
+            THEIRS.replace("# lr: 0.1  # peak", "lr: 0.1").replace(
+                "# path: null  # a CSV", "path: null  # yours"
+            ),
+        ),
+        (BASE.replace("# seed: 42", "seed: 42\n  # a note of ours"), None),  # more than settings
+        (BASE.replace("# settings\n", ""), None),  # a line removed
+        (BASE + "  epochs: 3\n", None),  # a setting neither file lists
+        (BASE.replace("train:", "model:"), None),  # a section renamed
+    ],
+    ids=["one", "two", "a comment", "a removal", "unknown", "a section"],
+)
+def test_merge_settings_takes_only_settings(ours, merged):
+    from generator.project import merge_settings
+
+    result = merge_settings(BASE, ours, THEIRS)
+    assert (result and result[0]) == merged
+
+
+# --- extras: added and removed later -----------------------------------------------------
+
+
+def files_of(project) -> set[str]:
+    """The project's files, relative to it, git's own left out."""
+    return {
+        str(path.relative_to(project))
+        for path in project.rglob("*")
+        if path.is_file() and ".git" not in path.relative_to(project).parts[:1]
+    }
+
+
+def fresh_files(template_copy, dest, project) -> set[str]:
+    """The files of a project made afresh by this working tree's template with the project's
+    answers: what an update must leave (no file of an extra that is gone, none missing)."""
+    given = {k: v for k, v in answers(project).items() if not k.startswith("_")}
+    return files_of(render(template_copy, dest, **given))
+
+
+def test_with_and_without_add_and_remove_an_extra_keeping_the_users_edits(
+    template, work, template_copy, tmp_path
+):
+    assert scaffold_from(template, "new", "proj", cwd=work).returncode == 0
+    project = work / "proj"
+    edit_project(project)
+
+    result = scaffold_from(
+        template, "update", "proj", "--with", "sweeps", "--with", "folds", cwd=work
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "extras +sweeps +folds;" in result.stdout
+    assert answers(project)["extras"] == ["sweeps", "folds"]
+    assert files_of(project) == fresh_files(template_copy, tmp_path / "both", project)
+    assert "batch_size: 48" in (project / "configs" / "default.yaml").read_text()
+    assert "92% on the team's data." in (project / "README.md").read_text()
+    commit_all(project, "sweeps and folds")
+
+    result = scaffold_from(template, "update", "proj", "--without", "sweeps", cwd=work)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "extras -sweeps;" in result.stdout
+    assert answers(project)["extras"] == ["folds"]
+    assert files_of(project) == fresh_files(template_copy, tmp_path / "folds", project)
+    assert "batch_size: 48" in (project / "configs" / "default.yaml").read_text()
+    assert not conflict_markers(project, sorted(files_of(project)))
+
+
+def test_a_project_without_an_extras_answer_keeps_what_it_had(template, work):
+    # As a project made before extras were a question records its answers.
+    made = scaffold_from(template, "new", "proj", "--hardware", "multi-gpu", cwd=work)
+    assert made.returncode == 0, made.stderr
+    project = work / "proj"
+    recorded = answers(project)
+    del recorded["extras"]
+    (project / ".copier-answers.yml").write_text(yaml.safe_dump(recorded))
+    commit_all(project, "as made before extras were a question")
+
+    result = scaffold_from(template, "update", "proj", "--without", "folds", cwd=work)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Every project had the sweeps and the folds then, and a multi-gpu one SLURM scripts.
+    assert result.stdout.startswith(
+        "proj/.copier-answers.yml has no extras answer (the project was made before extras "
+        "were a question): it keeps the ones it had, sweeps and slurm (folds dropped by "
+        "--without)\n"
+    )
+    assert "extras -folds;" in result.stdout
+    assert answers(project)["extras"] == ["sweeps", "slurm"]
+
+
+# --- a project made before the redesign (issue 25) ---------------------------------------
+
+# The last commit of this repository before the generated project's redesign.
+BEFORE_THE_REDESIGN = "c809fc7"
+# The user's edits: a layer added to the image model, and two settings of their own.
+FLATTEN = "            nn.Flatten(),\n"
+ADDED_LAYER = "            nn.Linear(8 * width, 8 * width),  # ours\n            nn.ReLU(),\n"
+SETTINGS = {"  # width: 16": "  width: 24", "  # batch_size: 64": "  batch_size: 48"}
+
+
+def checkout_before_the_redesign(path: Path) -> Path:
+    """A torch-scaffold clone at BEFORE_THE_REDESIGN (its CHECKOUT_FILES), tagged TAG."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", BEFORE_THE_REDESIGN, *CHECKOUT_FILES],
+        capture_output=True,
+    )
+    if archive.returncode != 0:
+        reason = (
+            f"this clone lacks commit {BEFORE_THE_REDESIGN} (a shallow clone?): "
+            "git fetch --unshallow"
+        )
+        if os.environ.get("CI"):  # CI clones the whole history (fetch-depth: 0)
+            pytest.fail(reason)
+        pytest.skip(reason)
+    path.mkdir(parents=True)
+    run(["tar", "-x", "-C", str(path)], input=archive.stdout, text=False)
+    git("init", "--quiet", cwd=path)
+    commit_all(path, "torch-scaffold before the redesign")
+    git("tag", TAG, cwd=path)
+    return path
+
+
+def release_this_working_tree(template: Path) -> None:
+    """The template's next release: this working tree's CHECKOUT_FILES, tagged NEXT_TAG."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in CHECKOUT_FILES:
+        source, target = REPO / name, template / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=ignore)
+        else:
+            shutil.copy(source, target)
+    commit_all(template, "the redesign")
+    git("tag", NEXT_TAG, cwd=template)
+
+
+@pytest.fixture(scope="module")
+def made_before_the_redesign(tmp_path_factory):
+    """A project that the last release before the redesign made, with the user's edits to
+    model.py and configs/default.yaml committed, then updated by `scaffold update` to this
+    working tree's template: (project, the update's result, the project's files before)."""
+    root = tmp_path_factory.mktemp("before-the-redesign")
+    env = {"COPIER_CACHE_DIR": str(root / "copier-cache")}
+    template = checkout_before_the_redesign(root / "torch-scaffold")
+    work = root / "work"
+    work.mkdir()
+    made = scaffold_from(template, "new", "proj", cwd=work, env=env)
+    assert made.returncode == 0, made.stderr
+    project = work / "proj"
+    before = files_of(project)
+    model = project / "src" / "proj" / "model.py"
+    assert model.read_text().count(FLATTEN) == 1
+    model.write_text(model.read_text().replace(FLATTEN, FLATTEN + ADDED_LAYER))
+    config = project / "configs" / "default.yaml"
+    text = config.read_text()
+    for old, new in SETTINGS.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    config.write_text(text)
+    commit_all(project, "our model and settings")
+
+    release_this_working_tree(template)
+    result = scaffold_from(template, "update", "proj", cwd=work, env=env)
+    return project, result, before
+
+
+@pytest.mark.xdist_group("before-the-redesign")
+def test_a_project_made_before_the_redesign_updates_to_the_new_layout(
+    made_before_the_redesign, template_copy, tmp_path
+):
+    project, result, before = made_before_the_redesign
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    # It had the sweeps and the folds, as every project then: it keeps them.
+    assert "proj/.copier-answers.yml has no extras answer" in result.stdout
+    assert "it keeps the ones it had, sweeps and folds\n" in result.stdout
+    recorded = answers(project)
+    assert recorded["_commit"] == NEXT_TAG and recorded["extras"] == ["sweeps", "folds"]
+
+    # The user's edits survive, and no conflict is left in any file.
+    assert ADDED_LAYER in (project / "src" / "proj" / "model.py").read_text()
+    config = (project / "configs" / "default.yaml").read_text()
+    assert all(setting in config for setting in SETTINGS.values()), config
+    files = files_of(project)
+    assert not [name for name in files if name.endswith(".rej")]
+    assert not conflict_markers(project, sorted(files))
+
+    # The new layout, exactly: the old machinery that it dropped is gone.
+    assert files == fresh_files(template_copy, tmp_path / "fresh", project)
+    machinery = ("hardware", "lightning_parts", "record", "splits", "trackers")
+    assert {f"src/proj/plumbing/{name}.py" for name in machinery} <= before - files
+
+    # The project's new command line runs.
+    result = subprocess.run(
+        [sys.executable, "-m", "proj", "--help"],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(project / "src")},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout and "predict" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.xdist_group("before-the-redesign")
+def test_a_project_made_before_the_redesign_trains_after_the_update(
+    made_before_the_redesign, tmp_path
+):
+    project, result, _ = made_before_the_redesign
+    assert result.returncode == 0, result.stdout + result.stderr
+    copy = tmp_path / "proj"  # the fast test above reads the project's files: train a copy
+    shutil.copytree(project, copy)
+    installed = install(copy, tmp_path / "venv")
+    steps = ["--max-steps", "20", "train.eval_every=10"]
+    (trained,) = installed.drive(["train", "--accelerator", "cpu", *steps])
+    trained.check()
+    folder = copy / trained.stdout.strip().splitlines()[-1].removeprefix("run folder: ")
+    assert (folder / "checkpoints" / "last.ckpt").is_file()

@@ -156,6 +156,7 @@ def every_answer(but: str | None = None) -> dict[str, str | list[str]]:
             given[question.name] = list(question.choices)
         elif question.name not in given:
             given[question.name] = question.choices[-1] if question.choices else "x"
+    given["task"] = "text-classification"  # one that takes every extra and a pretrained model
     given.pop(but, None)
     return given
 

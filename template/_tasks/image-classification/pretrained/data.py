@@ -22,10 +22,11 @@ from .config import Config
 {% endblock %}
 {% block chosen_size %}
         # The model's way: its input size, and the centre crop its image processor takes.
-        processor = (meta or {}).get("processor") or pretrained.image_settings(cfg.model.pretrained)
+        model = cfg.model.pretrained
+        processor = (meta or {}).get("processor") or pretrained.image_settings(model)
         crop = processor.get("crop")
         if size is None:
-            size = pretrained.image_settings(cfg.model.pretrained)["size"]
+            size = processor["size"]
 {% endblock %}
 {% block meta %}
         meta = {

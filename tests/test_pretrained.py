@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -249,3 +251,44 @@ def test_lora_trains_the_adapters_alone(framework, installed_project, tiny_model
     code = [str(installed.python), "-c", LORA_CHECK, str(last), str(Path(tiny, "base_model.pt"))]
     report = json.loads(run(code, cwd=installed.project).stdout.splitlines()[-1])
     assert report == {"adapters": ["A", "B"], "moved": True, "frozen": True}, report
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    "framework",
+    [
+        pytest.param(f, marks=pytest.mark.xdist_group(f"text-{f}-multi-gpu-pretrained"))
+        for f in ("raw", "lightning")
+    ],
+)
+def test_several_processes_fine_tune_with_ddp(framework, installed_project, tiny_models, tmp_path):
+    """multi-gpu, pretrained: DDP (no FSDP), run for real in two processes on the CPU with
+    gloo: each loads the stand-in, they learn together, and the first alone writes."""
+    task = "text-classification"
+    combination = {**cpu_project(task, framework), "hardware": "multi-gpu"}
+    installed = installed_project(combination)
+    tiny = tiny_models(installed, task)[DEFAULT[task]]
+    runs = tmp_path / "runs"
+    steps, every, settings = LEARN[task]
+    args = ["train", "--accelerator", "cpu", "--output-dir", str(runs), "--name", "ddp"]
+    args += ["--max-steps", str(steps), f"train.eval_every={every}", *settings]
+    args += ["train.num_workers=0", f"model.pretrained={tiny}"]
+    if framework == "raw":  # torchrun starts the processes
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        launch += ["--nproc-per-node=2", "-m", installed.package]
+        src = {"PYTHONPATH": str(installed.project / "src")}
+        result = run([*launch, *args], cwd=installed.project, timeout=600, env=src)
+    else:  # Lightning starts the second process itself
+        port = {"MASTER_PORT": str(free_port())}
+        result = installed.run(*args, "--devices", "2", env=port, timeout=600)
+    assert "Traceback" not in result.stderr, result.stderr[-5000:]
+    printed = result.stdout
+    assert [path.name for path in runs.iterdir()] == ["ddp"], "a second process wrote a run"
+    _, best = check_run(task, runs / "ddp", printed)
+    assert_learned(task, best, read_baseline(runs / "ddp"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

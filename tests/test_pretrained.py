@@ -270,7 +270,8 @@ def test_several_processes_fine_tune_with_ddp(framework, installed_project, tiny
     tiny = tiny_models(installed, task)[DEFAULT[task]]
     runs = tmp_path / "runs"
     steps, every, settings = LEARN[task]
-    args = ["train", "--accelerator", "cpu", "--output-dir", str(runs), "--name", "ddp"]
+    args = ["train", "--accelerator", "cpu", "--precision", "32", "--output-dir", str(runs)]
+    args += ["--name", "ddp"]
     args += ["--max-steps", str(steps), f"train.eval_every={every}", *settings]
     args += ["train.num_workers=0", f"model.pretrained={tiny}"]
     if framework == "raw":  # torchrun starts the processes

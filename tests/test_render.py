@@ -51,8 +51,8 @@ def expected_files(combination: dict[str, str]) -> set[str]:
     files |= {f"{package}/{name}.py" for name in front}
     machinery = ["__init__", "reporting", "runs", "settings", "training"]
     files |= {f"{package}/plumbing/{name}.py" for name in machinery}
-    if combination["backbone"] == "pretrained":  # a tiny stand-in of the hub model
-        files.add("tests/tiny_model.py")
+    if combination["backbone"] == "pretrained":  # loading the hub model; a tiny stand-in
+        files |= {f"{package}/pretrained.py", "tests/tiny_model.py"}
     # The extras (the default answer: slurm for multi-gpu, else none): no sweep, no folds.
     if combination["hardware"] == "multi-gpu":
         files.add("scripts/slurm.sbatch")

@@ -11,28 +11,29 @@ Your data: a folder with one sub-folder of images per class (ImageFolder's conve
 split at random into training and validation, or split already, as my-images/train/
 and my-images/val/ (each with the class sub-folders). Pillow reads the images as RGB,
 resized to data.image_size: by default the pretrained model's input size, as its image
-processor says (ResNet's: the shorter side to 256 pixels, the centre 224x224 kept; with its
-mean and std, which the model normalises with; all saved with the checkpoint). The model changes the training images at random (model.py's Augment,
-data.augment).
+processor says (ResNet's: the shorter side to 256 pixels, the centre 224x224 kept; with
+its mean and std, which the model normalises with; all saved with the checkpoint). The
+model changes the training images at random (model.py's Augment, data.augment).
 """
 {% endblock %}
 {% block imports %}
+from . import pretrained
 from .config import Config
-from .plumbing import ConfigError, UserError, hub
 {% endblock %}
 {% block chosen_size %}
         # The model's way: its input size, and the centre crop its image processor takes.
-        processor = (meta or {}).get("processor") or hub.image_meta(cfg.model.pretrained)
+        model = cfg.model.pretrained
+        processor = (meta or {}).get("processor") or pretrained.image_settings(model)
         crop = processor.get("crop")
         if size is None:
-            size = hub.image_meta(cfg.model.pretrained)["size"]
+            size = processor["size"]
 {% endblock %}
 {% block meta %}
         meta = {
             "classes": classes,
             "image_size": size,
             # What the model normalises with, and the size it takes images at.
-            "processor": hub.image_meta(cfg.model.pretrained),
+            "processor": pretrained.image_settings(cfg.model.pretrained),
             "class_counts": counts.tolist(),  # in the training split
         }
 {% endblock %}

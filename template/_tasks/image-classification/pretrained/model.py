@@ -9,6 +9,7 @@ decides the best checkpoint; both training engines use these.
 """
 {% endblock %}
 {% block imports %}
+import logging
 import math
 
 import torch
@@ -17,11 +18,13 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from . import pretrained
 from .config import Config
-from .plumbing import hub
+
+log = logging.getLogger(__name__)
 {% endblock %}
 {% block network %}
-class ImageClassifier(hub.Pretrained):
+class ImageClassifier(pretrained.Pretrained):
     """A pretrained image model (model.pretrained: ResNet-18 by default) and a new
     classification head: pixels in [0, 1] in, a logit per class out.
 
@@ -63,10 +66,10 @@ def build_model(cfg: Config, meta: dict) -> ImageClassifier:
     from transformers import AutoModelForImageClassification
 
     if "network" in meta:
-        hf = hub.rebuild(AutoModelForImageClassification, meta["network"])
+        hf = pretrained.rebuild(AutoModelForImageClassification, meta["network"])
     else:
         classes = meta["classes"]
-        hf = hub.load_pretrained(
+        hf = pretrained.load(
             AutoModelForImageClassification,
             cfg.model.pretrained,
             num_labels=len(classes),
@@ -74,12 +77,12 @@ def build_model(cfg: Config, meta: dict) -> ImageClassifier:
             label2id={name: i for i, name in enumerate(classes)},
             ignore_mismatched_sizes=True,  # the checkpoint's head, for other classes, is dropped
         )
-        head = hub.new_head(hf)
-        hub.note(
+        head = pretrained.new_head(hf)
+        log.info(
             f"{cfg.model.pretrained}: the pretrained {type(hf.base_model).__name__}, and a new "
             f"head ({', '.join(head)}) for {len(classes)} classes"
         )
-        meta["network"] = hub.settings_of(hf)
+        meta["network"] = hf.config.to_dict()
     # Your images are augmented; the built-in shapes, generated afresh, need not be.
     augment = cfg.data.augment and cfg.data.path is not None
     return ImageClassifier(

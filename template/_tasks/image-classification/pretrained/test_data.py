@@ -5,10 +5,11 @@ import pytest
 from PIL import Image
 from tiny_model import tiny_model
 
+from {{ package_name }}.config import Config
 from {{ package_name }}.data import build_datasets, predict
 from {{ package_name }}.model import build_model
-from {{ package_name }}.plumbing import UserError
 from {{ package_name }}.plumbing.settings import load_config
+from {{ package_name }}.pretrained import ModelError
 
 
 def write_images(root, classes=("cat", "dog"), per_class=4):
@@ -19,7 +20,7 @@ def write_images(root, classes=("cat", "dog"), per_class=4):
 
 
 def config(**overrides):
-    return load_config(overrides={"model.pretrained": tiny_model(), **overrides})
+    return load_config(Config, flags={"model.pretrained": tiny_model(), **overrides})
 
 
 def test_images_take_the_model_s_size_and_normalisation(tmp_path):
@@ -36,7 +37,7 @@ def test_images_take_the_model_s_size_and_normalisation(tmp_path):
 
 
 def test_a_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match="not a folder written by save_pretrained"):
+    with pytest.raises(ModelError, match="not a folder written by save_pretrained"):
         build_datasets(config(**{"model.pretrained": str(tmp_path / "nowhere")}))
 
 

@@ -4,9 +4,11 @@ class DataConfig:
 
     path: str | None = None  # a UTF-8 text file; None: the built-in text
     val_split: float = 0.1  # the end of the text held out for validation
-    folds: int | None = None  # k-fold cross-validation (train --folds K): val_split unused
-    fold: int | None = None  # which of the folds is held out for validation, 1 to folds
     block_size: int = 128  # tokens of context the model sees (the model's tokenizer's)
+
+    def __post_init__(self):
+        check(0 < self.val_split < 1, "data.val_split", self.val_split, "between 0 and 1")
+        check(self.block_size >= 1, "data.block_size", self.block_size, "at least 1")
 
 
 @dataclass
@@ -16,3 +18,8 @@ class ModelConfig:
     # A hub id, or a folder written by save_pretrained (see README.md).
     pretrained: str = "HuggingFaceTB/SmolLM2-135M"
     lora_rank: int = 0  # LoRA: train adapters of this rank, the model frozen; 0: all weights
+
+    def __post_init__(self):
+        check(bool(self.pretrained), "model.pretrained", self.pretrained, "a hub id or a folder")
+        rank = self.lora_rank
+        check(0 <= rank <= 4096, "model.lora_rank", rank, "0 (off) or a rank in 1..4096")

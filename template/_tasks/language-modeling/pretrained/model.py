@@ -9,6 +9,7 @@ decides the best checkpoint; both training engines use these.
 """
 {% endblock %}
 {% block imports %}
+import logging
 import math
 
 import torch
@@ -17,8 +18,10 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.text import Perplexity
 
+from . import pretrained
 from .config import Config
-from .plumbing import ConfigError, hub
+
+log = logging.getLogger(__name__)
 {% endblock %}
 {% block model %}
 class CausalLM(nn.Module):
@@ -27,7 +30,7 @@ class CausalLM(nn.Module):
     whole, in training as in the exported model, which takes token ids alone.
 
     With LoRA (model.lora_rank), the pretrained weights stay frozen and small low-rank
-    adapters of the attention layers learn; `merged` folds them into the weights.
+    adapters of the attention layers learn.
     """
 
     def __init__(self, hf: nn.Module, block_size: int):
@@ -58,13 +61,6 @@ class CausalLM(nn.Module):
             tokens = torch.cat([tokens, next_token], dim=1)
         return tokens
 
-    def merged(self) -> CausalLM:
-        """This model with LoRA's adapters merged into the weights, a plain transformers
-        model again (what export writes); without LoRA, as it is."""
-        if hasattr(self.hf, "merge_and_unload"):
-            self.hf = self.hf.merge_and_unload()
-        return self
-
 
 def build_model(cfg: Config, meta: dict) -> CausalLM:
     """model.pretrained, with LoRA's adapters if model.lora_rank is set.
@@ -76,21 +72,37 @@ def build_model(cfg: Config, meta: dict) -> CausalLM:
     from transformers import AutoModelForCausalLM
 
     if "network" in meta:
-        hf = hub.rebuild(AutoModelForCausalLM, meta["network"])
+        hf = pretrained.rebuild(AutoModelForCausalLM, meta["network"])
     else:
-        hf = hub.load_pretrained(AutoModelForCausalLM, cfg.model.pretrained)
+        hf = pretrained.load(AutoModelForCausalLM, cfg.model.pretrained)
         size = sum(p.numel() for p in hf.parameters())
-        hub.note(f"{cfg.model.pretrained}: the pretrained {type(hf).__name__}, {size:,} weights")
-        meta["network"] = hub.settings_of(hf)
-        meta["lora"] = hub.lora_settings(cfg.model.lora_rank)
-    if meta["block_size"] > hf.config.max_position_embeddings:
-        raise ConfigError(
-            f"data.block_size {meta['block_size']} is longer than the model reads "
-            f"({hf.config.max_position_embeddings} tokens)"
+        log.info(f"{cfg.model.pretrained}: the pretrained {type(hf).__name__}, {size:,} weights")
+        meta["network"] = hf.config.to_dict()
+        meta["lora"] = lora_settings(cfg.model.lora_rank)
+    reads = getattr(hf.config, "max_position_embeddings", None)
+    if reads is not None and meta["block_size"] > reads:
+        raise pretrained.ModelError(
+            f"data.block_size {meta['block_size']} is longer than model.pretrained reads "
+            f"({reads} tokens); give data.block_size={reads} or less"
         )
     if meta["lora"]:
-        hf = hub.with_lora(hf, meta["lora"])
+        hf = with_lora(hf, meta["lora"])
     return CausalLM(hf, meta["block_size"])
+
+
+def lora_settings(rank: int) -> dict | None:
+    """peft's LoraConfig for adapters of this rank (None: no LoRA), as meta keeps them."""
+    if rank <= 0:
+        return None
+    return {"r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0, "task_type": "CAUSAL_LM"}
+
+
+def with_lora(hf: nn.Module, settings: dict) -> nn.Module:
+    """The model with LoRA adapters (peft) on the attention layers peft picks for its
+    architecture: the pretrained weights frozen, the adapters, which start at zero, trained."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(hf, LoraConfig(**settings))
 
 
 {% endblock %}

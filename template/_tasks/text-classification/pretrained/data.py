@@ -11,15 +11,16 @@ data.max_tokens tokens; the tokenizer is saved with the checkpoint.
 {% endblock %}
 {% block imports %}
 import csv
+import logging
+import math
 from collections import Counter
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from . import pretrained
 from .config import Config
-from .plumbing import UserError, hub
-from .plumbing.splits import split_indices
 
 {% endblock %}
 {% block build_datasets_docstring %}
@@ -29,7 +30,7 @@ from .plumbing.splits import split_indices
     """
 {% endblock %}
 {% block meta %}
-        tokenizer = hub.tokenizer_meta(cfg.model.pretrained)
+        tokenizer = pretrained.tokenizer_settings(cfg.model.pretrained)
         meta = {
             "tokenizer": tokenizer,
             "labels": names,
@@ -43,7 +44,7 @@ def encode(texts: list[str], meta: dict) -> torch.Tensor:
     """Token ids, (len(texts), the longest text's tokens), each text cut at max_tokens and
     padded with the tokenizer's padding token (the model masks it out)."""
     settings = meta["tokenizer"]
-    tokenizer = hub.tokenizer(settings["json"])
+    tokenizer = pretrained.tokenizer(settings["json"])
     tokenizer.enable_truncation(meta["max_tokens"])
     tokenizer.enable_padding(pad_id=settings["pad_id"], pad_token=settings["pad_token"])
     ids = [encoding.ids for encoding in tokenizer.encode_batch(texts)]

@@ -9,17 +9,21 @@ decides the best checkpoint; both training engines use these.
 """
 {% endblock %}
 {% block imports %}
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from . import pretrained
 from .config import Config
-from .plumbing import hub
+
+log = logging.getLogger(__name__)
 {% endblock %}
 {% block model %}
-class TextClassifier(hub.Pretrained):
+class TextClassifier(pretrained.Pretrained):
     """A pretrained transformer (model.pretrained: DistilBERT by default) and a new
     classification head: token ids in, a logit per class out.
 
@@ -45,10 +49,10 @@ def build_model(cfg: Config, meta: dict) -> TextClassifier:
     from transformers import AutoModelForSequenceClassification
 
     if "network" in meta:
-        hf = hub.rebuild(AutoModelForSequenceClassification, meta["network"])
+        hf = pretrained.rebuild(AutoModelForSequenceClassification, meta["network"])
     else:
         labels = meta["labels"]
-        hf = hub.load_pretrained(
+        hf = pretrained.load(
             AutoModelForSequenceClassification,
             cfg.model.pretrained,
             num_labels=len(labels),
@@ -57,11 +61,11 @@ def build_model(cfg: Config, meta: dict) -> TextClassifier:
             pad_token_id=meta["tokenizer"]["pad_id"],  # decoder models need it to classify
             ignore_mismatched_sizes=True,  # the checkpoint's head, for other classes, is dropped
         )
-        head = hub.new_head(hf)
-        hub.note(
+        head = pretrained.new_head(hf)
+        log.info(
             f"{cfg.model.pretrained}: the pretrained {type(hf.base_model).__name__}, and a new "
             f"head ({', '.join(head)}) for {len(labels)} labels"
         )
-        meta["network"] = hub.settings_of(hf)
+        meta["network"] = hf.config.to_dict()
     return TextClassifier(hf, meta["tokenizer"]["pad_id"], cfg.model.freeze_backbone)
 {% endblock %}

@@ -4,10 +4,11 @@ tokenizer (a tiny stand-in here, tests/tiny_model.py), and clear errors."""
 import pytest
 from tiny_model import tiny_model
 
+from {{ package_name }}.config import Config
 from {{ package_name }}.data import DataError, build_datasets, predict
 from {{ package_name }}.model import build_model
-from {{ package_name }}.plumbing import UserError
 from {{ package_name }}.plumbing.settings import load_config
+from {{ package_name }}.pretrained import ModelError
 
 
 def write_csv(path, rows):
@@ -16,7 +17,7 @@ def write_csv(path, rows):
 
 
 def config(**overrides):
-    return load_config(overrides={"model.pretrained": tiny_model(), **overrides})
+    return load_config(Config, flags={"model.pretrained": tiny_model(), **overrides})
 
 
 def test_a_csv_of_text_and_label_loads_and_is_cut_at_max_tokens(tmp_path):
@@ -52,5 +53,5 @@ def test_bad_data_is_a_clear_error(tmp_path):
 
 
 def test_a_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match="not a folder written by save_pretrained"):
+    with pytest.raises(ModelError, match="not a folder written by save_pretrained"):
         build_datasets(config(**{"model.pretrained": str(tmp_path / "nowhere")}))

@@ -140,7 +140,18 @@ def test_combination_installs_trains_and_learns(
         # loader processes) and the README; the code that trains is the cpu projects'. So a
         # short budget on the CPU proves them, in the same process as the rest.
         runs = tmp_path / "runs"
-        train = ["train", *CPU, *short(task), "--output-dir", str(runs), "--name", "first"]
+        # A gpu project's 4 loader processes are 2 here: torch warns of more than the cores.
+        workers = ["train.num_workers=2"] if combination["hardware"] != "mps" else []
+        train = [
+            "train",
+            *CPU,
+            *workers,
+            *short(task),
+            "--output-dir",
+            str(runs),
+            "--name",
+            "first",
+        ]
         best = str(runs / "first" / "checkpoints" / "best.ckpt")
         last = str(runs / "first" / "checkpoints" / "last.ckpt")
         commands = [
@@ -156,7 +167,9 @@ def test_combination_installs_trains_and_learns(
         trained, outcomes = outcomes[0], outcomes[1:]
         run_dir = runs / "first"
         steps, _ = SHORT[task]
-        assert f"stopped: the step budget is spent ({steps} steps)" in trained.stdout
+        # The budget, or a perfect score first (the stopping threshold).
+        spent = f"stopped: the step budget is spent ({steps} steps)" in trained.stdout
+        assert spent or "past its stopping threshold" in trained.stdout, trained.stdout
     evaluated_best, evaluated_last, predicted, exported = (o.stdout for o in outcomes)
     assert_no_warnings(trained.stderr)
     rows, best_row = check_run(task, run_dir, trained.stdout, exported=True, cwd=installed.project)
@@ -166,10 +179,13 @@ def test_combination_installs_trains_and_learns(
     assert_learned(task, evaluated, read_baseline(run_dir))
     # best.ckpt holds the best evaluation and last.ckpt the last: evaluating them again
     # gives the metrics logged then.
+    # (evaluate computes in float32: a gpu project's evaluations in training are bf16-mixed.)
+    bf16 = default_settings(installed.project)["train"]["precision"] == "bf16-mixed"
+    close = {"rel": 1e-2, "abs": 1e-3} if bf16 else {"rel": 1e-3, "abs": 1e-4}
     for key, value in evaluated.items():
-        assert value == pytest.approx(best_row[key], rel=1e-3, abs=1e-4), key
+        assert value == pytest.approx(best_row[key], **close), key
     for key, value in parse_metrics(evaluated_last).items():
-        assert value == pytest.approx(rows[-1][key], rel=1e-3, abs=1e-4), f"last.ckpt {key}"
+        assert value == pytest.approx(rows[-1][key], **close), f"last.ckpt {key}"
     check_predictions(task, predicted)
     program = run_dir / "checkpoints" / "best.pt2"
     assert program.is_file() and program.with_suffix(".json").is_file(), exported

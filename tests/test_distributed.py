@@ -83,13 +83,12 @@ def test_ddp_on_two_cpu_processes_learns_writes_once_and_resumes(
     installed = installed_project(combination)
     runs = tmp_path / "runs"
     out = ["--output-dir", str(runs)]
-    # In-memory data needs no loader processes on the CPU (the cpu projects' default).
-    in_process = ["train.num_workers=0"]
-    # The image projects' first run keeps their default: loader processes under DDP, which
-    # start from a forkserver (a forked DDP process could hang). They take long to start on
-    # the CPU, so the resumed run loads in the main process.
-    first = [] if task == "image-classification" else in_process
-    printed = ddp_train(installed, *out, *first, *short(task), "--name", "ddp")
+    # In-memory data needs no loader processes on the CPU (the cpu projects' default); the
+    # image projects read with loader processes under DDP, which start from a forkserver (a
+    # forked DDP process could hang): one each, as they take long to start on the CPU.
+    workers = 1 if task == "image-classification" else 0
+    loader = [f"train.num_workers={workers}"]
+    printed = ddp_train(installed, *out, *loader, *short(task), "--name", "ddp")
 
     run_dir = runs / "ddp"
     assert [p.name for p in runs.iterdir()] == ["ddp"], "a second rank wrote a run folder"
@@ -103,8 +102,12 @@ def test_ddp_on_two_cpu_processes_learns_writes_once_and_resumes(
     # Every rank resumes from the same checkpoint, under DDP again, with a larger budget
     # (past early stopping: a model that is already perfect would stop before it).
     steps, every = SHORT[task]
-    more = ["--resume", "last", "--max-steps", str(steps + every), *in_process]
-    resumed = ddp_train(installed, *out, *more, "train.patience=0")
+    more = ["--resume", "last", "--max-steps", str(steps + every), "train.patience=0"]
+    if workers:  # the loader's saved place is its workers': their number cannot change
+        refused = installed.run("train", *out, *more, "train.num_workers=0", check=False)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "train.num_workers: 1 -> 0: cannot change when a run resumes" in refused.stderr
+    resumed = ddp_train(installed, *out, *more)
     assert "resuming from " in resumed and resumed.count("run folder: ") == 1, resumed
     assert f"stopped: the step budget is spent ({steps + every} steps)" in resumed
     rows = read_rows(run_dir)

@@ -103,6 +103,7 @@ def test_ddp_on_two_cpu_processes_learns_writes_once_and_resumes(
     # (past early stopping: a model that is already perfect would stop before it).
     steps, every = SHORT[task]
     more = ["--resume", "last", "--max-steps", str(steps + every), "train.patience=0"]
+    more += ["train.stopping_threshold=null"]
     if workers:  # the loader's saved place is its workers': their number cannot change
         refused = installed.run("train", *out, *more, "train.num_workers=0", check=False)
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr

@@ -28,11 +28,11 @@ from . import UserError
 
 PACKAGE = __package__.split(".")[0]
 RUN_NAME_ENV = f"{PACKAGE.upper()}_RUN_NAME"  # the run that a launch's processes share
-# Settings a resumed run may change; changing any other one is refused, naming it.
+# What a resumed run may change (its loader's saved state fixes num_workers); the rest is refused.
 CHANGEABLE_ON_RESUME = {"data.path"} | {
     f"train.{key}"
     for key in "max_steps patience stopping_threshold eval_every accelerator devices num_nodes "
-    "precision compile num_workers output_dir name".split()
+    "precision compile output_dir name".split()
 }
 
 

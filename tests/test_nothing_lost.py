@@ -184,3 +184,20 @@ def test_nonsense_settings_are_refused_naming_the_key_and_what_is_valid(
     line = outcomes[-1].stderr.strip()
     assert "line 2" in line and "line 4" in line, line  # both places of the key
     assert not runs.exists()
+
+
+@pytest.mark.parametrize("framework", ["raw"])  # plumbing's, the same in both styles
+@group("image-classification")
+def test_an_image_folder_with_images_added_does_not_resume(framework, installed_project, tmp_path):
+    """30.3 for folders: images added since the run (which would move the validation split
+    onto former training images) are refused; hidden files (.DS_Store) do not count."""
+    from test_robust import images
+
+    installed = cpu_project(installed_project, "image-classification", framework)
+    data, runs = images(tmp_path / "shapes", per_class=8), tmp_path / "runs"
+    train = ["train", *CPU, "--output-dir", str(runs), "train.eval_every=2", "--name", "f"]
+    installed.drive([*train, "--data", str(data), "--max-steps", "2"])[0].check()
+    (data / "cat" / ".DS_Store").write_bytes(b"\0")
+    images(data, classes=("dog",), per_class=10)  # two more dogs
+    (added,) = installed.drive([*train, "--resume", "last", "--max-steps", "4"])
+    assert_one_line(added, "trained on other data (size 16 files -> 18 files)")

@@ -10,6 +10,7 @@ metadata as `hyper_parameters` (`cfg`, `meta`), so evaluate, predict and export 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -91,8 +92,9 @@ def claimed(run_dir: Path) -> Iterator[None]:
         lock.release()
 
 
-def start_run_dir(run_dir: Path, config_yaml: str, resumed: bool) -> None:
-    """The run's config.yaml and record.json: what produced it (a resumed run adds itself)."""
+def start_run_dir(run_dir: Path, config_yaml: str, resumed: bool, data: str | None) -> None:
+    """The run's config.yaml and record.json: what produced it, on what data (a resumed run
+    adds itself)."""
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     for stale in run_dir.rglob(".*.tmp*"):  # left by a process killed while writing
         stale.unlink(missing_ok=True)
@@ -102,6 +104,7 @@ def start_run_dir(run_dir: Path, config_yaml: str, resumed: bool) -> None:
     program = f"python -m {PACKAGE}" if program == "__main__.py" else program
     now = {"command": shlex.join([program, *sys.argv[1:]]), "time": time.ctime()}
     now |= {"commit": commit and commit.strip(), "dirty": bool(changes and changes.strip())}
+    now["data"] = data_fingerprint(data)
     if resumed and path.is_file():
         record = json.loads(path.read_text(encoding="utf-8"))
         record.setdefault("resumed", []).append(now)
@@ -123,6 +126,46 @@ def git(*args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout if done.returncode == 0 else None
+
+
+def data_fingerprint(path: str | None) -> dict[str, str] | None:
+    """What tells a dataset from another: its size and a hash of its first and last megabyte
+    (a file) or of its files' names and sizes (a folder), and its path; None: built-in."""
+    if path is None:
+        return None
+    data, digest = Path(path), hashlib.sha256()
+    if data.is_dir():
+        files = sorted(p for p in data.rglob("*") if p.is_file() and not p.name.startswith("."))
+        for file in files:
+            digest.update(f"{file.relative_to(data)}\t{file.stat().st_size}\n".encode())
+        size = f"{len(files)} files"
+    else:
+        with data.open("rb") as file:
+            end = file.seek(0, os.SEEK_END)
+            for start in (0, max(end - 2**20, 0)):
+                file.seek(start)
+                digest.update(file.read(2**20))
+        size = f"{end} bytes"
+    return {"path": str(data.resolve()), "size": size, "content": digest.hexdigest()[:16]}
+
+
+def check_same_data(checkpoint: Path, data: str | None, name: str | None) -> None:
+    """Refuse to continue a run on other data than its own (train --data-changed: on purpose)."""
+    folder, record = checkpoint.parent.parent, checkpoint.parent.parent / "record.json"
+    if name not in (None, folder.name) or not record.is_file() or not Path(data or ".").exists():
+        return  # a new run from the checkpoint, no record, or no data (data.py says so)
+    saved = json.loads(record.read_text(encoding="utf-8"))
+    before = [entry["data"] for entry in [saved, *saved.get("resumed", [])] if "data" in entry]
+    built_in = {"path": "the built-in data"}
+    was, now = before and (before[-1] or built_in), data_fingerprint(data) or built_in
+    changed = [
+        f"{k} {was.get(k)} -> {now.get(k)}" for k in ("path", "size") if was.get(k) != now.get(k)
+    ]
+    if was and (was.get("content"), was.get("size")) != (now.get("content"), now.get("size")):
+        raise UserError(
+            f"{folder} trained on other data ({', '.join(changed or ['its content'])}): resume "
+            "it on its own data, or pass --data-changed to go on with this data"
+        )
 
 
 # --- checkpoints -------------------------------------------------------------------------

@@ -41,6 +41,9 @@ def load_config(
     for item in overrides:
         if "=" not in item or "." not in item.partition("=")[0]:
             raise UserError(f"expected SECTION.KEY=VALUE, e.g. model.width=8; got '{item}'")
+        default = OmegaConf.select(merged, item.partition("=")[0])
+        if item.endswith("=") and default is not None:  # empty: not the default, nor None
+            raise UserError(f"{item} has no value; give one, e.g. {item}{default} (the default)")
         layers.append(("the command line", OmegaConf.from_dotlist([item])))
     for source, layer in layers:
         try:

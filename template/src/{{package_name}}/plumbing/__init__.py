@@ -1,6 +1,5 @@
-"""The machinery behind the commands: settings files (settings.py), run folders and
-checkpoints (runs.py), the resumable data loader (training.py), what a run shows
-(reporting.py). It imports none of your files: engine.py and cli.py hand it what it needs.
+"""The machinery behind the commands: settings, runs and checkpoints, the resumable loader,
+what a run shows. It imports none of your files: engine.py and cli.py hand it what it needs.
 """
 
 import signal

@@ -116,11 +116,8 @@ def plot_curves(run_dir: Path, monitor: str, mode: str) -> None:
             if key in baseline:
                 name = f"{key}, {baseline['name']}"
                 ax.axhline(baseline[key], color=colour, linestyle="--", linewidth=1, label=name)
-        ax.set(
-            title=" and ".join(panel),
-            xlabel="step",
-            yscale="log" if "lr" in panel[0] else "linear",
-        )
+        ax.set(title=" and ".join(panel), xlabel="step")
+        ax.set_yscale("log" if "lr" in panel[0] else "linear")
         ax.legend(fontsize="small")
     figure.suptitle(f"{run_dir.name}: {monitor} best at step {best['step']:.0f} (best.ckpt)")
     figure.tight_layout()

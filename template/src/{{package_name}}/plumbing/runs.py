@@ -1,10 +1,6 @@
-"""Run folders and checkpoints: naming and claiming a folder, the record of what produced a
-run, atomic writes, and reading the checkpoints of either engine.
-
-A run folder, runs/<name>/, holds config.yaml, record.json, metrics.csv, baseline.json,
-curves.png and checkpoints/ (last.ckpt and best.ckpt). Both engines write checkpoints in
-Lightning's format: the weights as `state_dict` (named `model.*`) and the settings and data
-metadata as `hyper_parameters` (`cfg`, `meta`), so evaluate, predict and export read either.
+"""Run folders (runs/<name>/: config.yaml, record.json, metrics.csv, baseline.json,
+curves.png, checkpoints/), atomic writes, and the checkpoints of either engine: Lightning's
+format, weights as `state_dict` (`model.*`), settings and data as `hyper_parameters`.
 """
 
 from __future__ import annotations
@@ -128,24 +124,23 @@ def git(*args: str) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def data_fingerprint(path: str | None) -> dict[str, str] | None:
+def data_fingerprint(path: str | None) -> dict[str, str]:
     """What tells a dataset from another: its size and a hash of its first and last megabyte
-    (a file) or of its files' names and sizes (a folder), and its path; None: built-in."""
+    (a file) or of its files' names and sizes (a folder), and its path."""
     if path is None:
-        return None
+        return {"path": "the built-in data"}
     data, digest = Path(path), hashlib.sha256()
-    if data.is_dir():
-        files = sorted(p for p in data.rglob("*") if p.is_file() and not p.name.startswith("."))
-        for file in files:
-            digest.update(f"{file.relative_to(data)}\t{file.stat().st_size}\n".encode())
-        size = f"{len(files)} files"
-    else:
+    found = data.rglob("*") if data.is_dir() else []
+    files = sorted(p for p in found if p.is_file() and not p.name.startswith("."))
+    for file in files:
+        digest.update(f"{file.relative_to(data)}\t{file.stat().st_size}\n".encode())
+    if data.is_file():
         with data.open("rb") as file:
             end = file.seek(0, os.SEEK_END)
             for start in (0, max(end - 2**20, 0)):
                 file.seek(start)
                 digest.update(file.read(2**20))
-        size = f"{end} bytes"
+    size = f"{len(files)} files" if data.is_dir() else f"{data.stat().st_size} bytes"
     return {"path": str(data.resolve()), "size": size, "content": digest.hexdigest()[:16]}
 
 
@@ -155,13 +150,10 @@ def check_same_data(checkpoint: Path, data: str | None, name: str | None) -> Non
     if name not in (None, folder.name) or not record.is_file() or not Path(data or ".").exists():
         return  # a new run from the checkpoint, no record, or no data (data.py says so)
     saved = json.loads(record.read_text(encoding="utf-8"))
-    before = [entry["data"] for entry in [saved, *saved.get("resumed", [])] if "data" in entry]
-    built_in = {"path": "the built-in data"}
-    was, now = before and (before[-1] or built_in), data_fingerprint(data) or built_in
-    changed = [
-        f"{k} {was.get(k)} -> {now.get(k)}" for k in ("path", "size") if was.get(k) != now.get(k)
-    ]
-    if was and (was.get("content"), was.get("size")) != (now.get("content"), now.get("size")):
+    was = ([saved, *saved.get("resumed", [])][-1]).get("data") or data_fingerprint(None)
+    now = data_fingerprint(data)
+    if (was.get("content"), was.get("size")) != (now.get("content"), now.get("size")):
+        changed = [f"{k} {was.get(k)} -> {now[k]}" for k in ("path", "size") if was.get(k) != now[k]]
         raise UserError(
             f"{folder} trained on other data ({', '.join(changed or ['its content'])}): resume "
             "it on its own data, or pass --data-changed to go on with this data"
@@ -205,12 +197,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             f"cannot read checkpoint {path}: damaged, or not a checkpoint ({type(error).__name__})"
         ) from None
     settings = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not (
-        isinstance(settings, dict)
-        and isinstance(settings.get("cfg"), dict)
-        and isinstance(settings.get("meta"), dict)
-        and isinstance(checkpoint.get("state_dict"), dict)
-    ):
+    settings = settings if isinstance(settings, dict) else {}
+    parts = (settings.get("cfg"), settings.get("meta"), settings and checkpoint.get("state_dict"))
+    if not all(isinstance(part, dict) for part in parts):
         raise UserError(
             f"{path} is not a checkpoint of this project; use one from runs/*/checkpoints/"
         )

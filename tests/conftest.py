@@ -414,7 +414,8 @@ def default_run(installed_project):
 @pytest.fixture(scope="session")
 def installed_project(template_copy, tmp_path_factory):
     """installed_project(combination, **answers): the project of that combination (and other
-    answers, a list for extras), rendered and installed once per test process and shared by its tests.
+    answers, a list for extras), rendered and installed once per test process and shared by
+    its tests.
 
     Tests that share one must not write into it: each gives train its own --output-dir.
     Mark them with the same xdist_group, so that one test process owns the project.

@@ -414,7 +414,8 @@ def default_run(installed_project):
 @pytest.fixture(scope="session")
 def installed_project(template_copy, tmp_path_factory):
     """installed_project(combination, **answers): the project of that combination (and other
-    answers), rendered and installed once per test process and shared by its tests.
+    answers, a list for extras), rendered and installed once per test process and shared by
+    its tests.
 
     Tests that share one must not write into it: each gives train its own --output-dir.
     Mark them with the same xdist_group, so that one test process owns the project.
@@ -422,10 +423,12 @@ def installed_project(template_copy, tmp_path_factory):
     cache: dict[tuple, Installed] = {}
     root = tmp_path_factory.mktemp("installed")
 
-    def get(combination: dict[str, str], **answers: str) -> Installed:
-        key = (combination_id(combination), *sorted(answers.items()))
+    def get(combination: dict[str, str], **answers: str | list[str]) -> Installed:
+        """A list answer (extras=["sweeps", "folds"]) is given to Copier as a list."""
+        given = {k: v if isinstance(v, str) else "-".join(v) for k, v in answers.items()}
+        key = (combination_id(combination), *sorted(given.items()))
         if key not in cache:
-            name = "-".join([package_of(combination).replace("_", "-"), *answers.values()])
+            name = "-".join([package_of(combination).replace("_", "-"), *given.values()])
             project = render(
                 template_copy, root / name / "project", project_name=name, **combination, **answers
             )

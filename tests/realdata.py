@@ -36,12 +36,13 @@ VAL_SPLIT = 0.2  # their default validation share (the language model holds out 
 
 
 def project_split(n: int, val_split: float = VAL_SPLIT, seed: int = SEED):
-    """The rows a generated project holds out, as its data.py picks them (a seeded shuffle)."""
+    """The rows a generated project holds out, as its data.py (split_indices) picks them:
+    the last floor(n * val_split) of a seeded permutation (one at least, never all)."""
     import torch
 
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, math.floor(n * val_split))
-    return order[n_val:], order[:n_val]
+    n_val = min(n - 1, max(1, math.floor(n * val_split)))
+    return order[: n - n_val], order[n - n_val :]
 
 
 # --- image classification: handwritten digits ----------------------------------------------

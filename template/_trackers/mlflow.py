@@ -7,6 +7,7 @@ ended. A resumed run continues its MLflow run, whose id is kept in the run folde
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -31,7 +33,12 @@ for name in ("alembic", "mlflow.store.db.utils"):  # quiet when MLflow makes its
 
 
 def client() -> MlflowClient:
-    return MlflowClient(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    database = uri.removeprefix("sqlite:///")
+    # A new SQLite store gets its tables from its first client: from one process at a time
+    # (two sweep workers started at once would both make them, and one fail).
+    with FileLock(f"{database}.lock") if database != uri else contextlib.nullcontext():
+        return MlflowClient(uri)
 
 
 def experiment(mlflow: MlflowClient) -> str:

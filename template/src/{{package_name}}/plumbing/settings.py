@@ -1,7 +1,5 @@
-"""Settings, layered by OmegaConf: config.py's dataclasses (the defaults and their types) <-
-a checkpoint's settings (on resume) <- configs/default.yaml <- --config files <- the flags
-and SECTION.KEY=VALUE overrides. A setting that is unknown, of the wrong type or out of its
-range is one line naming the key, where it came from and, when it is a typo, the nearest key.
+"""Settings layered by OmegaConf: config.py's dataclasses <- a checkpoint's (on resume) <-
+configs/default.yaml <- --config files <- flags and SECTION.KEY=VALUE; a bad one is one line.
 """
 
 from __future__ import annotations

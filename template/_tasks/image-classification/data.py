@@ -202,11 +202,8 @@ def class_names(root: Path) -> list[str]:
 
 
 def check_image(path: Path) -> tuple[int, int]:
-    """Open the header now, so that a corrupt file fails before training, not during;
-    returns the image's size.
-
-    (A truncated JPEG passes this check: only decoding finds it, and load_image says so.)
-    """
+    """The image's size, from its header read now: a corrupt file fails before training,
+    not during it (a truncated JPEG passes: only decoding finds it, and load_pixels says so)."""
     try:
         with Image.open(path) as image:
             size = image.size
@@ -232,8 +229,7 @@ def load_pixels(path: str | Path, size: int, crop: float | None = None) -> torch
     side = size if crop is None else math.ceil(size / crop)
     try:
         with Image.open(path) as image:
-            # A JPEG decodes at 1/2, 1/4 or 1/8 of its size when that is still at least
-            # `side` a side: several times faster than decoding every pixel.
+            # A JPEG decodes at 1/2, 1/4 or 1/8 of its size (still >= side): several times faster.
             image.draft("RGB", (side, side))
             image = to_rgb(image)
             box = None  # the whole image

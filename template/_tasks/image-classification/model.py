@@ -34,11 +34,10 @@ class SmallCNN(nn.Module):
     std of the training images are buffers: the model takes raw pixels in [0, 1], also once
     exported. `augment` changes the training images (only in training mode).
 
-    With `average`, evaluation, predict and export use `averaged`: an exponential moving
-    average of the network's weights and batch-norm statistics over the training steps. At
-    a high learning rate the weights jump from step to step, and so would the validation
-    accuracy; their average moves smoothly. It is updated in training mode, at each
-    forward pass, like batch norm's statistics, and saved with them in checkpoints.
+    With `average`, evaluation, predict and export use `averaged`, a moving average of the
+    weights and batch-norm statistics over the training steps: at a high learning rate the
+    weights jump from step to step, their average moves smoothly. It updates at each
+    training forward pass, like batch norm's statistics, and is saved with them.
     """
 
     def __init__(
@@ -191,16 +190,12 @@ def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 def build_metrics(meta: dict) -> MetricCollection:
     """Validation metrics, updated with (model output, target) batches."""
-    return MetricCollection(
-        {"acc": MulticlassAccuracy(num_classes=len(meta["classes"]), average="micro")}
-    )
+    return MetricCollection({"acc": MulticlassAccuracy(len(meta["classes"]), average="micro")})
 
 
 class ClassPrior(nn.Module):
-    """A model that learned nothing: the training classes' frequencies, whatever the input.
-
-    Its accuracy is the majority class's share; its loss is the entropy of the classes.
-    """
+    """A model that learned nothing: the training classes' frequencies, whatever the input
+    (its accuracy is the majority class's share, its loss the entropy of the classes)."""
 
     def __init__(self, counts: list[int]):
         super().__init__()

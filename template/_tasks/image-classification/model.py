@@ -81,9 +81,8 @@ class SmallCNN(nn.Module):
 
 
 def moving_average(decay: float):
-    """AveragedModel's update: averaged <- decay * averaged + (1 - decay) * current. The
-    decay grows from 0.1 towards `decay` over the first steps, so that the average follows
-    the weights closely while they change fastest (as TensorFlow's moving averages do)."""
+    """AveragedModel's update, averaged <- decay * averaged + (1 - decay) * current, its decay
+    growing from 0.1 to `decay` over the first steps (as TensorFlow's moving averages do)."""
 
     def update(averaged: list, current: list, steps: torch.Tensor) -> None:
         rate = min(decay, (1 + steps.item()) / (10 + steps.item()))

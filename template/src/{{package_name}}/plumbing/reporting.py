@@ -1,6 +1,4 @@
-"""What a run shows, in both engines alike: the trivial baseline it is measured against
-(baseline.json), the closing summary, and the learning curves (curves.png) from metrics.csv.
-"""
+"""What a run shows, in both engines alike: baseline.json, the summary, curves.png."""
 
 from __future__ import annotations
 

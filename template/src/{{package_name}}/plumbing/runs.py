@@ -153,9 +153,9 @@ def check_same_data(checkpoint: Path, data: str | None, name: str | None) -> Non
     was = ([saved, *saved.get("resumed", [])][-1]).get("data") or data_fingerprint(None)
     now = data_fingerprint(data)
     if (was.get("content"), was.get("size")) != (now.get("content"), now.get("size")):
-        changed = [f"{k} {was.get(k)} -> {now[k]}" for k in ("path", "size") if was.get(k) != now[k]]
+        what = [f"{k} {was.get(k)} -> {now[k]}" for k in ("path", "size") if was.get(k) != now[k]]
         raise UserError(
-            f"{folder} trained on other data ({', '.join(changed or ['its content'])}): resume "
+            f"{folder} trained on other data ({', '.join(what or ['its content'])}): resume "
             "it on its own data, or pass --data-changed to go on with this data"
         )
 

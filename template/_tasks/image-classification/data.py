@@ -137,9 +137,8 @@ class ImageFolder(Dataset):
     def __init__(self, root: Path, classes: list[str], missing_ok: bool = False):
         self.samples = []
         for label, name in enumerate(classes):
-            files = sorted(
-                path for path in (root / name).glob("*") if path.suffix.lower() in IMAGE_SUFFIXES
-            )
+            found = (root / name).glob("[!.]*")  # not hidden: macOS's ._a.jpg, .ipynb_checkpoints
+            files = sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES)
             if not (root / name).is_dir() and not missing_ok:  # val/ without a class
                 raise DataError(f"{root / name} is missing: add it, with images of {name}")
             if not files and not missing_ok:
@@ -190,9 +189,8 @@ def class_names(root: Path) -> list[str]:
             f"{root} {problem}; image-classification expects a folder with "
             "one sub-folder of images per class"
         )
-    classes = sorted(
-        p.name for p in root.iterdir() if p.is_dir() and p.name not in ("train", "val")
-    )
+    folders = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    classes = sorted(folders - {"train", "val"})
     if len(classes) < 2:
         raise DataError(
             f"{root} has {len(classes)} class sub-folders; expected at least two, "
@@ -325,7 +323,7 @@ def predict(model: torch.nn.Module, inputs: list[str], meta: dict) -> list[dict]
 def images_of(path: Path) -> list[Path]:
     """An image file, or the images in a folder and its sub-folders, sorted."""
     if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = sorted(p for p in path.rglob("[!.]*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
             raise DataError(
                 f"{path} is a folder without images ({', '.join(sorted(IMAGE_SUFFIXES))}); "

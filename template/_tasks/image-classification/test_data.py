@@ -10,7 +10,10 @@ from PIL import Image
 from {{ package_name }}.config import Config
 from {{ package_name }}.data import (  # one name a line: the package name may be long
     DataError,
+    ImageFolder,
     build_datasets,
+    class_names,
+    images_of,
     load_image,
     predict,
 )
@@ -162,3 +165,16 @@ def test_a_truncated_or_gigantic_image_is_named(tmp_path):
     (tmp_path / "bomb" / "dog" / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + png)
     with pytest.raises(DataError, match="huge.png is too large to decode safely"):
         build_datasets(config(**{"data.path": str(tmp_path / "bomb")}))
+
+
+def test_hidden_files_and_folders_are_not_data(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / name / "0.png")
+        (tmp_path / name / "._0.png").write_bytes(b"macOS metadata, not an image")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".git").mkdir()
+    assert class_names(tmp_path) == ["a", "b"]
+    assert [p.name for p in images_of(tmp_path)] == ["0.png", "0.png"]
+    folder = ImageFolder(tmp_path, ["a", "b"])
+    assert [path.name for path, _ in folder.samples] == ["0.png", "0.png"]

@@ -7,7 +7,8 @@ generated project's engine, run as its `train` command runs it), or `floor` (the
 Lightning module in a Trainer with Lightning's defaults, written here: what any Lightning
 project costs at least). Imports are done, then one short warm-up run in this process, then
 a timed run of STEPS optimizer steps and one of 2 x STEPS. Prints one JSON line: the seconds
-of each, the steps, and the process's peak resident memory. The difference of the two runs
+of each (wall, and CPU: user + system of all this process's threads), the steps, and the
+process's peak resident memory. The difference of the two runs
 is the cost of STEPS steps with their evaluations, without what a run costs once (its
 set-up, the baseline's evaluation, curves.png, the summary).
 
@@ -66,13 +67,15 @@ def main() -> None:
 
         with contextlib.redirect_stdout(sys.stderr):  # the engines print their progress
             run(cfg("warm-up", 10))
-            seconds = []
+            seconds, cpu = [], []
             for steps in (args.steps, 2 * args.steps):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 run(cfg(f"timed-{steps}", steps))
                 seconds.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - start_cpu)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     result = {"seconds": seconds[0], "seconds_double": seconds[1], "steps": args.steps}
+    result |= {"cpu_seconds": cpu[0], "cpu_seconds_double": cpu[1]}
     print(json.dumps(result | {"rss_mb": peak}))
 
 

@@ -10,10 +10,12 @@ with Lightning's defaults: its logger, progress bar and checkpointing on). Each 
 imports, warms up with a short run, then times a run of STEPS optimizer steps and one of
 2 x STEPS, so imports and first-call costs are left out (benchmarks/startup.py measures those).
 
-Two tables: the run of STEPS steps as a whole (seconds; its ratios of speed), and the same
+Three tables: the run of STEPS steps as a whole (seconds; its ratios of speed), and the same
 split in two by the longer run: the cost of a step in a long run (milliseconds, evaluations
 and checkpoints included: the second run's extra time over its extra steps) and what a run
-costs once (seconds: set-up, the baseline's evaluation, curves.png, the summary). Targets
+costs once (seconds: set-up, the baseline's evaluation, curves.png, the summary), in wall
+time and in CPU time (user + system, all the process's threads: on a machine that other
+work keeps busy, the steadier of the two, as long as each process has one thread). Targets
 (issue 25.9), per step: raw / reference >= 0.95 and Lightning / floor >= 0.95 (a ratio of
 speeds: above 1, faster). STEPS is a multiple of each task's evaluation interval, so that
 every kind evaluates at its last step without asking Lightning's floor for more than its
@@ -54,6 +56,9 @@ SPLIT_HEADER = """\
 | task | ms a step ref / raw / L / floor | raw / ref | L / floor \
 | once, s: ref / raw / L / floor |
 | --- | --- | --- | --- | --- |"""
+CPU_HEADER = SPLIT_HEADER.replace("| ms a step", "| CPU ms a step").replace(
+    "once, s", "once, CPU s"
+)
 
 
 def generate(tmp: Path, task: str, framework: str, **answers: str) -> Path:
@@ -111,15 +116,18 @@ def main() -> None:
 def summarize(task: str, steps: int, runs: dict[str, list[dict]]) -> dict:
     """Medians over the repeats: seconds of the run of `steps`, and its split into the cost
     of a step (from the run of twice as many) and the cost of a run."""
-    row = {"task": task, "steps": steps, "seconds": {}, "ms_a_step": {}, "once_s": {}}
-    for kind, results in runs.items():
-        short = [r["seconds"] for r in results]
-        step = [(r["seconds_double"] - r["seconds"]) / steps for r in results]
-        row["seconds"][kind] = statistics.median(short)
-        row["ms_a_step"][kind] = 1000 * statistics.median(step)
-        row["once_s"][kind] = statistics.median(
-            s - steps * p for s, p in zip(short, step, strict=True)
-        )
+    row = {"task": task, "steps": steps, "seconds": {}}
+    for clock, prefix in (("seconds", ""), ("cpu_seconds", "cpu_")):
+        row[f"{prefix}ms_a_step"], row[f"{prefix}once_s"] = {}, {}
+        for kind, results in runs.items():
+            short = [r[clock] for r in results]
+            step = [(r[f"{clock}_double"] - r[clock]) / steps for r in results]
+            if clock == "seconds":
+                row["seconds"][kind] = statistics.median(short)
+            row[f"{prefix}ms_a_step"][kind] = 1000 * statistics.median(step)
+            row[f"{prefix}once_s"][kind] = statistics.median(
+                s - steps * p for s, p in zip(short, step, strict=True)
+            )
     row["peak_rss_mb"] = {kind: max(r["rss_mb"] for r in runs[kind]) for kind in runs}
     return row
 
@@ -132,6 +140,9 @@ def write_results(rows: list[dict], name: str) -> None:
     print("\n" + SPLIT_HEADER)
     for row in rows:
         print_split(row)
+    print("\n" + CPU_HEADER)
+    for row in rows:
+        print_split(row, "cpu_")
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     (results / f"{name}.json").write_text(json.dumps(rows, indent=2))
@@ -149,8 +160,8 @@ def print_row(row: dict) -> None:
     )
 
 
-def print_split(row: dict) -> None:
-    step, once = row["ms_a_step"], row["once_s"]
+def print_split(row: dict, prefix: str = "") -> None:
+    step, once = row[f"{prefix}ms_a_step"], row[f"{prefix}once_s"]
     print(
         f"| {row['task']} | {' / '.join(f'{step[k]:.3f}' for k in KINDS)} "
         f"| {step['reference'] / step['raw']:.2f} | {step['floor'] / step['lightning']:.2f} "

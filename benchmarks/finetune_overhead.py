@@ -6,11 +6,11 @@ pretrained projects (backbone=pretrained) on tiny local stand-ins of hub models 
 
 As benchmarks/train_overhead.py, with the raw and Lightning cpu projects of backbone
 pretrained: model.pretrained names the task's tiny stand-in of the default model, built
-from a config by tests/tiny_models.py (nothing is downloaded). The reference loop of
-overhead_worker.py fine-tunes as the engines do: the new head at train.lr, the backbone at
-model.backbone_lr_scale times it, warm-up and cosine, evaluation and torch.save every
-eval_every steps; Lightning's floor as there. The same two tables and targets as
-train_overhead's.
+from a config by tests/tiny_models.py (nothing is downloaded). The reference loop and
+Lightning's floor of overhead_worker.py fine-tune with the project's model.py as the engines
+do (its build_optimizer: the new head at train.lr, the backbone at model.backbone_lr_scale
+times it, warm-up and cosine), evaluating every eval_every steps. The same two tables and
+targets as train_overhead's.
 """
 
 from __future__ import annotations

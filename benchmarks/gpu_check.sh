@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # GPU check, for a machine with CUDA GPUs (not part of CI): generate the gpu and multi-gpu
-# projects of every task in both styles, train each for 500 steps with mixed precision,
-# and print the run time and throughput; then the engines' overhead against a hand-written
-# loop on the GPU, with bf16 and torch.compile (benchmarks/train_overhead.py). Then the
-# pretrained projects fine-tune the real default models (see below), and the fine-tuning
-# overhead on tiny stand-ins (benchmarks/finetune_overhead.py).
+# projects of every task in both styles, train each for 500 steps with mixed precision
+# (bf16), and print the run time and throughput; then the engines' overhead against a
+# hand-written loop on the GPU, with bf16 and torch.compile (benchmarks/train_overhead.py).
+# Then the pretrained projects fine-tune the real default models (see below), and the
+# fine-tuning overhead on tiny stand-ins (benchmarks/finetune_overhead.py).
 #   bash benchmarks/gpu_check.sh [OUTPUT_DIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,8 +21,8 @@ for hardware in gpu multi-gpu; do
         --hardware "$hardware" --name "check-$name" >/dev/null
       pip install -q --no-deps -e "$out/$name"
       start=$(date +%s.%N)
-      (cd "$out/$name" && "check-$name" train --max-steps 500 --precision auto --name gpu \
-        --set train.patience=0 > train.log 2>&1) || { echo "$name FAILED"; tail -20 "$out/$name/train.log"; continue; }
+      (cd "$out/$name" && "check-$name" train --max-steps 500 --precision bf16-mixed --name gpu \
+        train.patience=0 > train.log 2>&1) || { echo "$name FAILED"; tail -20 "$out/$name/train.log"; continue; }
       end=$(date +%s.%N)
       python - "$out/$name" "$start" "$end" "$name" <<'PY'
 import csv, sys, yaml
@@ -55,8 +55,8 @@ pretrained_run() {  # name task framework hardware [train arguments...]
   fi
   local start end
   start=$(date +%s.%N)
-  (cd "$out/$name" && "check-$name" train --max-steps 300 --precision auto \
-    --set train.patience=0 "$@" > "train-$*.log" 2>&1) \
+  (cd "$out/$name" && "check-$name" train --max-steps 300 --precision bf16-mixed \
+    train.patience=0 "$@" > "train-$*.log" 2>&1) \
     || { echo "$name $* FAILED"; tail -20 "$out/$name/train-$*.log"; return; }
   end=$(date +%s.%N)
   echo "$name $* $(awk "BEGIN {print $end - $start}") s: $(grep '^best' "$out/$name/train-$*.log")"
@@ -68,11 +68,11 @@ for framework in raw lightning; do
     pretrained_run "$task-$framework-pretrained" "$task" "$framework" gpu --name full
   done
   pretrained_run "language-modeling-$framework-pretrained" language-modeling "$framework" gpu \
-    --name lora --set model.lora_rank=16 --lr 1e-3
+    --name lora model.lora_rank=16 --lr 1e-3
   if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
     for strategy in ddp fsdp; do  # two processes (raw projects relaunch under torchrun)
       pretrained_run "language-modeling-$framework-multi-pretrained" language-modeling \
-        "$framework" multi-gpu --name "$strategy" --set "train.strategy=$strategy" --devices 2
+        "$framework" multi-gpu --name "$strategy" "train.strategy=$strategy" --devices 2
     done
   fi
 done

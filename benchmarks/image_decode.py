@@ -80,7 +80,7 @@ def main() -> None:
         answers = {"task": "image-classification", "framework": "raw", "project_name": "bench"}
         run_copy(str(source), project, data=answers, defaults=True, quiet=True)
         sys.path.insert(0, str(project / "src"))
-        import torch
+        from bench.config import Config
         from bench.data import build_datasets
         from bench.plumbing.settings import load_config
         from bench.plumbing.training import make_loader
@@ -98,10 +98,11 @@ def main() -> None:
 
         started = time.perf_counter()
         overrides = {"data.path": str(tmp / "photos"), "train.num_workers": args.workers}
-        cfg = load_config(overrides=overrides)
+        cfg = load_config(Config, flags=overrides)
         train, _, meta = build_datasets(cfg)
         setup = time.perf_counter() - started
-        loader = make_loader(train, cfg, 0, 1, torch.device("cpu"), train=True)
+        t = cfg.train
+        loader = make_loader(train, t.batch_size, t.seed, True, num_workers=t.num_workers)
         started = time.perf_counter()
         images = sum(len(labels) for _, labels in loader)
         fed = images / (time.perf_counter() - started)

@@ -100,7 +100,7 @@ def main() -> None:
         folder = noisy_folder(tmp / "digits")
         command = [sys.executable, "-m", "bench", "train", "--data", str(folder)]
         command += ["--accelerator", "cpu", "--output-dir", str(tmp / "runs"), "--name", "n"]
-        command += [f"--set={setting}" for setting in args.settings]
+        command += args.settings  # SECTION.KEY=VALUE overrides
         started, before = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
         result = subprocess.run(
             command,

@@ -109,12 +109,12 @@ def prepare(project: Path, path: Path, output: Path, *settings: str) -> dict:
     """Encode a text as `train --data` does (build_datasets), in this process: wall and CPU
     seconds, and how much this process's peak memory grew (resource.ru_maxrss)."""
     sys.path.insert(0, str(project / "src"))
+    from bench.config import Config
     from bench.data import build_datasets
     from bench.plumbing.settings import load_config
 
-    overrides = {"data.path": str(path), "train.output_dir": str(output)}
-    overrides.update(setting.split("=", 1) for setting in settings)
-    cfg = load_config(overrides=overrides)
+    flags = {"data.path": str(path), "train.output_dir": str(output)}
+    cfg = load_config(Config, [], list(settings), flags)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     wall, cpu = time.perf_counter(), time.process_time()
     build_datasets(cfg)
@@ -165,7 +165,7 @@ def main() -> None:
         env = {"PYTHONPATH": f"{tmp / 'hook'}{os.pathsep}{project / 'src'}"}
         runs = tmp / "runs"
         train = [python, "-m", "bench", "train", "--accelerator", "cpu", "--output-dir", str(runs)]
-        budget = ["--max-steps", str(args.steps), "--set", f"train.eval_every={args.steps // 2}"]
+        budget = ["--max-steps", str(args.steps), f"train.eval_every={args.steps // 2}"]
 
         big = corpus(tmp / "big.txt", args.size_mb)
         megabytes = big.stat().st_size / 10**6

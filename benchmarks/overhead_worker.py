@@ -2,22 +2,31 @@
 
     python benchmarks/overhead_worker.py KIND PROJECT STEPS [--accelerator cpu] [--set K=V ...]
 
-KIND is `reference` (the leanest honest loop, written here), `raw` or `lightning` (the
-generated project's engine), or `floor` (the reference's work as the shortest Lightning
-module, written here: what any Lightning engine costs at least). Imports are done, then one
-short warm-up run in this process, then a timed run of STEPS optimizer steps and one of
-2 x STEPS. Prints one JSON line: the seconds of each, the steps, and the process's peak
-resident memory. The difference of the two runs is the cost of STEPS steps with their
-evaluations, without what a run costs once (its set-up, curves.png, the summary).
+KIND is `reference` (the hand-written loop, written here), `raw` or `lightning` (the
+generated project's engine, run as its `train` command runs it), or `floor` (the shortest
+Lightning module in a Trainer with Lightning's defaults, written here: what any Lightning
+project costs at least). Imports are done, then one short warm-up run in this process, then
+a timed run of STEPS optimizer steps and one of 2 x STEPS. Prints one JSON line: the seconds
+of each (wall, and CPU: user + system of all this process's threads), the steps, and the
+process's peak resident memory. The difference of the two runs
+is the cost of STEPS steps with their evaluations, without what a run costs once (its
+set-up, the baseline's evaluation, curves.png, the summary).
 
-The reference does what the engines do by default, no more: the same data, model, batch
-size, AdamW with the same weight-decay groups, gradient clipping, warm-up + cosine learning
-rate, and every `eval_every` steps (at least once an epoch) a no-grad validation pass with
-the task's metrics and a torch.save of the model and optimizer. What the engines add beyond
-it is their own overhead: bookkeeping, logging, checkpoint files, hooks. The floor is a
-LightningModule with a training_step, a validation_step and configure_optimizers (the
-engines' AdamW and schedule), a Trainer with its logger, progress bar and model summary
-off, and trainer.save_checkpoint after each evaluation.
+Every kind trains the project's model (model.py's build_model, step, build_metrics and
+build_optimizer: AdamW's groups, warm-up + cosine) on its data (data.py's build_datasets)
+with its settings (config.py, read by plumbing/settings.py's load_config), with gradient
+clipping, and evaluates every `train.eval_every` steps (at least once an epoch), over
+`train.eval_batches` batches when set. Early stopping is off (train.patience=0,
+train.stopping_threshold=null), so that every run takes its STEPS.
+
+- reference: a plain loop over plain DataLoaders: forward, backward, clip, step; at each
+  evaluation a no-grad pass with the loss and the task's metrics, and a torch.save of the
+  model and optimizer. What the engines add beyond it is their own overhead.
+- raw, lightning: the project's `cli.run_training(cfg)` and the summary, as `train` does.
+- floor: a LightningModule of training_step (logs the loss), validation_step (the loss and
+  the task's metrics, logged) and configure_optimizers (model.py's build_optimizer), over
+  plain DataLoaders, in a Trainer with Lightning's defaults on (its default logger, progress
+  bar, model summary, sanity check and ModelCheckpoint), evaluating at the project's interval.
 """
 
 from __future__ import annotations
@@ -26,7 +35,6 @@ import argparse
 import contextlib
 import importlib
 import json
-import math
 import resource
 import sys
 import tempfile
@@ -44,32 +52,47 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(args.project / "src"))
     (package,) = [p.name for p in (args.project / "src").iterdir() if (p / "cli.py").is_file()]
-    config = importlib.import_module(f"{package}.plumbing.settings")
-    overrides = {"train.accelerator": args.accelerator, "train.patience": 0, "train.logger": "csv"}
-    overrides.update(config.parse_assignment(item) for item in args.settings)
-    if args.kind == "reference":
-        run = reference_loop(package)
-    elif args.kind == "floor":
-        run = lightning_floor(package)
-    else:
-        run = importlib.import_module(f"{package}.engine").train
+    settings = importlib.import_module(f"{package}.plumbing.settings")
+    config = importlib.import_module(f"{package}.config")
+    overrides = [f"train.accelerator={args.accelerator}", "train.patience=0"]
+    overrides += ["train.stopping_threshold=null", *args.settings]
+    run = {"reference": reference_loop, "floor": lightning_floor}.get(args.kind, project_train)
+    run = run(package)
 
     with tempfile.TemporaryDirectory() as tmp:
 
-        def settings(name: str, steps: int):
-            values = {**overrides, "train.max_steps": steps, "train.output_dir": tmp}
-            return config.load_config(overrides={**values, "train.name": name})
+        def cfg(name: str, steps: int):
+            flags = {"train.max_steps": steps, "train.output_dir": tmp, "train.name": name}
+            return settings.load_config(config.Config, [], overrides, flags)
 
         with contextlib.redirect_stdout(sys.stderr):  # the engines print their progress
-            run(settings("warm-up", 10))
-            seconds = []
+            run(cfg("warm-up", 10))
+            seconds, cpu = [], []
             for steps in (args.steps, 2 * args.steps):
-                start = time.perf_counter()
-                run(settings(f"timed-{steps}", steps))
+                start, start_cpu = time.perf_counter(), time.process_time()
+                run(cfg(f"timed-{steps}", steps))
                 seconds.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - start_cpu)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     result = {"seconds": seconds[0], "seconds_double": seconds[1], "steps": args.steps}
+    result |= {"cpu_seconds": cpu[0], "cpu_seconds_double": cpu[1]}
     print(json.dumps(result | {"rss_mb": peak}))
+
+
+def project_train(package: str):
+    """What the project's `train` command does once it has the settings."""
+    cli = importlib.import_module(f"{package}.cli")
+    model = importlib.import_module(f"{package}.model")
+    reporting = importlib.import_module(f"{package}.plumbing.reporting")
+
+    def train(cfg) -> None:
+        run_dir, reason = cli.run_training(cfg)
+        for line in reporting.summary(
+            run_dir, model.MONITOR, model.MONITOR_MODE, reason, cfg.train
+        ):
+            print(line)
+
+    return train
 
 
 def reference_loop(package: str):
@@ -86,21 +109,13 @@ def reference_loop(package: str):
         loader, val_loader, meta = plain_loaders(data, cfg)
         model = model_code.build_model(cfg, meta).to(device)
         metrics = model_code.build_metrics(meta).to(device)
-        optimizer = torch.optim.AdamW(groups_of(model, cfg), lr=t.lr, fused=device.type == "cuda")
-        warmup = int(t.warmup_ratio * t.max_steps)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, t.max_steps - warmup))
-            return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        bf16 = t.precision == "bf16-mixed" or (t.precision == "auto" and device.type == "cuda")
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+        optimizer, scheduler = model_code.build_optimizer(model, cfg)
+        autocast = torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16-mixed"
+        )
         if t.compile:
             model.compile()
-        interval = max(1, min(t.eval_every, len(loader)))
+        interval = min(t.eval_every, len(loader))
         step = 0
         while step < t.max_steps:
             for batch in loader:
@@ -120,85 +135,57 @@ def reference_loop(package: str):
                 if step == t.max_steps:
                     break
 
-    def groups_of(model, cfg) -> list[dict]:
-        """AdamW's groups as the engines make them: decay on the weights, not on biases and
-        norms; a pretrained model's backbone at model.backbone_lr_scale times the rate."""
-        t = cfg.train
-        scale = getattr(cfg.model, "backbone_lr_scale", 1.0)
-        backbone = {id(p) for p in getattr(model, "backbone", torch.nn.Module()).parameters()}
-        trained = [p for p in model.parameters() if p.requires_grad]
-        groups = []
-        for lr, params in (
-            (t.lr, [p for p in trained if id(p) not in backbone]),
-            (t.lr * scale, [p for p in trained if id(p) in backbone]),
-        ):
-            weights = [p for p in params if p.dim() >= 2]
-            groups.append({"params": weights, "lr": lr, "weight_decay": t.weight_decay})
-            others = [p for p in params if p.dim() < 2]
-            groups.append({"params": others, "lr": lr, "weight_decay": 0.0})
-        return [group for group in groups if group["params"]]
-
     @torch.no_grad()
-    def validate(model, loader, metrics, device, autocast) -> None:
+    def validate(model, loader, metrics, device, autocast) -> dict[str, float]:
         model.eval()
         metrics.reset()
+        total, count = torch.zeros((), device=device), 0
         for batch in loader:
             with autocast:
-                _, outputs, targets = model_code.step(model, to_device(batch, device))
+                loss, outputs, targets = model_code.step(model, to_device(batch, device))
+            total += loss.float() * len(targets)
+            count += len(targets)
             metrics.update(outputs.float(), targets)
-        metrics.compute()
+        scores = {key: value.item() for key, value in metrics.compute().items()}
         model.train()
+        return {"loss": total.item() / count, **scores}
 
     return train
 
 
 def lightning_floor(package: str):
-    """The reference loop's work in the shortest Lightning: what Lightning's own loop costs."""
+    """The shortest Lightning project over the same data and model, with Lightning's defaults."""
     import lightning as L
-    import torch
 
     data = importlib.import_module(f"{package}.data")
     model_code = importlib.import_module(f"{package}.model")
-    training = importlib.import_module(f"{package}.plumbing.training")
-    hardware = importlib.import_module(f"{package}.plumbing.hardware")
 
     class Module(L.LightningModule):
         def __init__(self, cfg, meta):
             super().__init__()
             self.cfg = cfg
             self.model = model_code.build_model(cfg, meta)
-            self.metrics = model_code.build_metrics(meta)
+            self.metrics = model_code.build_metrics(meta).clone(prefix="val/")
 
         def training_step(self, batch, batch_idx):
             loss, _, _ = model_code.step(self.model, batch)
+            self.log("train/loss", loss)
             return loss
 
         def validation_step(self, batch, batch_idx):
-            _, outputs, targets = model_code.step(self.model, batch)
+            loss, outputs, targets = model_code.step(self.model, batch)
             self.metrics.update(outputs.float(), targets)
-
-        def on_validation_epoch_end(self):
-            self.metrics.compute()
-            self.metrics.reset()
+            self.log("val/loss", loss, batch_size=len(targets))
+            self.log_dict(self.metrics)
 
         def configure_optimizers(self):
-            optimizer, scheduler = training.build_optimizer(self.model, self.cfg, self.device)
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-            }
-
-    class SaveAfterEvaluation(L.Callback):
-        def __init__(self, path: Path):
-            self.path = path
-
-        def on_validation_end(self, trainer, module):
-            trainer.save_checkpoint(self.path)
+            optimizer, scheduler = model_code.build_optimizer(self.model, self.cfg)
+            scheduler = {"scheduler": scheduler, "interval": "step"}
+            return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def train(cfg) -> None:
         t = cfg.train
         L.seed_everything(t.seed, verbose=False)
-        device = torch.device("cuda" if t.accelerator == "gpu" else "cpu")
         loader, val_loader, meta = plain_loaders(data, cfg)
         module = Module(cfg, meta)
         if t.compile:
@@ -206,17 +193,12 @@ def lightning_floor(package: str):
         trainer = L.Trainer(
             accelerator=t.accelerator,
             devices=1,
-            precision=hardware.resolve_precision(t.precision, device),
+            precision=t.precision,
             max_steps=t.max_steps,
-            val_check_interval=training.eval_interval(cfg, len(loader)),
+            val_check_interval=min(t.eval_every, len(loader)),  # the project's interval
             check_val_every_n_epoch=None,
-            num_sanity_val_steps=0,
-            gradient_clip_val=t.grad_clip,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[SaveAfterEvaluation(Path(t.output_dir) / f"{t.name}.ckpt")],
+            gradient_clip_val=t.grad_clip or None,
+            default_root_dir=Path(t.output_dir) / t.name,
         )
         trainer.fit(module, loader, val_loader)
 
@@ -224,12 +206,16 @@ def lightning_floor(package: str):
 
 
 def plain_loaders(data, cfg):
-    """The project's training and validation sets in plain DataLoaders, and their metadata."""
+    """The project's training and validation sets in plain DataLoaders (the validation set
+    cut to train.eval_batches batches, spread over it, when set), and their metadata."""
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
 
     t = cfg.train
     train_set, val_set, meta = data.build_datasets(cfg)
+    if t.eval_batches and len(val_set) > t.eval_batches * t.batch_size:
+        count, n = t.eval_batches * t.batch_size, len(val_set)
+        val_set = Subset(val_set, [i * n // count for i in range(count)])
     generator = torch.Generator().manual_seed(t.seed)
     drop_last = len(train_set) >= t.batch_size
     loader = DataLoader(
@@ -239,7 +225,9 @@ def plain_loaders(data, cfg):
 
 
 def to_device(batch, device):
-    """A batch of tensors, nested in lists or tuples (a table's numbers and categories)."""
+    """A batch of tensors, nested in lists, tuples or dicts."""
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
     if isinstance(batch, list | tuple):
         return type(batch)(to_device(part, device) for part in batch)
     return batch.to(device, non_blocking=True)

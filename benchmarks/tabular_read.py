@@ -43,8 +43,9 @@ if which == "pandas":
 else:
     import torch  # imported by every training run before its data
     from bench.plumbing.settings import load_config
+    from bench.config import Config
     from bench.data import build_datasets
-    cfg = load_config(overrides={"data.path": path})
+    cfg = load_config(Config, flags={"data.path": path})
     start, cpu = time.perf_counter(), time.process_time()
     train, val, meta = build_datasets(cfg)
     shape = (len(train) + len(val), len(meta["numeric"]) + len(meta["categorical"]))

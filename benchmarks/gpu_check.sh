@@ -44,7 +44,7 @@ done
 # Pretrained projects: the real default models (ResNet-18, DistilBERT, SmolLM2-135M), which
 # must be in the Hugging Face cache or downloadable (hf download ID, see the projects'
 # READMEs); 300 fine-tuning steps each in both styles, SmolLM2 also with LoRA, and with
-# two GPUs or more its FSDP run (train.strategy=fsdp) against DDP.
+# two GPUs or more with DDP.
 pretrained_run() {  # name task framework hardware [train arguments...]
   local name=$1 task=$2 framework=$3 hardware=$4
   shift 4
@@ -70,10 +70,9 @@ for framework in raw lightning; do
   pretrained_run "language-modeling-$framework-pretrained" language-modeling "$framework" gpu \
     --name lora model.lora_rank=16 --lr 1e-3
   if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
-    for strategy in ddp fsdp; do  # two processes (raw projects relaunch under torchrun)
-      pretrained_run "language-modeling-$framework-multi-pretrained" language-modeling \
-        "$framework" multi-gpu --name "$strategy" "train.strategy=$strategy" --devices 2
-    done
+    # two processes (raw projects relaunch under torchrun)
+    pretrained_run "language-modeling-$framework-multi-pretrained" language-modeling \
+      "$framework" multi-gpu --name ddp --devices 2
   fi
 done
 python "$repo/benchmarks/finetune_overhead.py" --repeat 3 --accelerator gpu

@@ -38,7 +38,8 @@ OTHER, MISSING = 0, 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # What a number looks like, to tell a column of numbers with a stray word (an error to fix)
 # from a column of text (categorical).
-NUMBER = r"(?i)^[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|nan|inf|infinity)$"
+NUMBER = r"(?i)^\s*[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|nan|inf|infinity)\s*$"
+GROUPED = r"^\s*[+-]?\d{1,3}(,\d{3})+(\.\d+)?\s*$"  # 8,444: thousands separated by commas
 
 
 class DataError(Exception):
@@ -249,7 +250,7 @@ def looks_numeric(column: pa.ChunkedArray) -> bool:
     if len(column) > 10_000:
         column = column.take(np.linspace(0, len(column) - 1, 10_000).astype(np.int64))
     cells = pc.drop_null(column)
-    numbers = pc.sum(pc.match_substring_regex(cells, NUMBER)).as_py() or 0
+    numbers = pc.sum(pc.match_substring_regex(cells, f"{NUMBER}|{GROUPED}")).as_py() or 0
     return len(cells) == 0 or numbers * 2 > len(cells)
 
 
@@ -259,13 +260,17 @@ def numbers(
     """A column of numbers as float64, NaN for blank cells; a cell that is not a number,
     not finite, or beyond float32's range is an error naming its line (`rows`: each row's
     place in the file) and column, ending with `hint`."""
+    column = pc.utf8_trim_whitespace(column)  # " 3.5 " is 3.5
     try:
         values = pc.cast(column, pa.float64())  # blank cells stay null
     except pa.ArrowInvalid:
         i = first_refused(column)
+        fix = "fix the cell (leave it blank if the value is unknown)"
+        if pc.match_substring_regex(column[i], GROUPED).as_py():
+            fix = "the column writes thousands with commas: remove them (8,444 as 8444)"
         raise DataError(
             f"{where}: line {line_of(where, rows[i])}, column '{name}': {column[i].as_py()!r} "
-            f"is not a number; fix the cell (leave it blank if the value is unknown){hint}"
+            f"is not a number; {fix}{hint}"
         ) from None
     array = pc.fill_null(values, np.nan).to_numpy(zero_copy_only=False)  # NaN: a blank cell
     # A NaN that was not a blank cell, an infinity, or a number beyond float32's range.

@@ -158,3 +158,13 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     _, _, meta = datasets(path)
     assert meta["numeric"] == ["a"]
+
+
+def test_spaces_around_numbers_are_stripped_and_thousands_separators_named(tmp_path):
+    rows = [(f" {i}.5 ", 2 * i) for i in range(12)]
+    train, _, meta = datasets(write_csv(tmp_path / "spaced.csv", ["a", "target"], rows))
+    assert meta["numeric"] == ["a"]
+    grouped = tmp_path / "grouped.csv"
+    grouped.write_text("a,target\n" + "".join(f'"{i},444",{i}\n' for i in range(1, 13)))
+    with pytest.raises(DataError, match="line 2, column 'a': '1,444' .* remove them"):
+        datasets(grouped)

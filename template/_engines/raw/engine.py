@@ -95,7 +95,8 @@ def fit(cfg: Config, run_dir: Path, datasets: tuple, checkpoint_path=None, check
         schedule, saved = checkpoint["lr_schedulers"][0], checkpoint["hyper_parameters"]["cfg"]
         stretch_schedule(schedule, t.max_steps - saved["train"]["max_steps"])  # a larger budget
         scheduler.load_state_dict(schedule)
-        scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["scaler"]:  # empty when the run had no float16 (--precision changed)
+            scaler.load_state_dict(checkpoint["scaler"])
         train_loader.load_state_dict(checkpoint["loader"])  # its place in the epoch
         step_count, epoch = checkpoint["global_step"], checkpoint["epoch"]
         batches_seen, (best, bad_evals) = checkpoint["batches"], checkpoint["early_stopping"]

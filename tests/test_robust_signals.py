@@ -68,12 +68,9 @@ def test_a_signal_stops_the_run_and_the_printed_command_resumes_it_exactly(
     train = ["train", *CPU, "--max-steps", str(steps), "train.eval_every=5", "train.patience=0"]
     train += ["--seed", "3", "--output-dir", str(runs)]
     signals = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
-    processes = {
-        signum: start(installed, *train, "--name", name) for signum, name in signals.items()
-    }
     goes_on = {}
-    for signum, process in processes.items():
-        name = signals[signum]
+    for signum, name in signals.items():  # one after the other: neither runs ahead unseen
+        process = start(installed, *train, "--name", name)
         last = runs / name / "checkpoints" / "last.ckpt"
         wait_for(last, process)
         process.send_signal(signum)
